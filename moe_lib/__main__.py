@@ -1,0 +1,3 @@
+from moe_lib.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,39 @@
+"""`python -m moe_lib COMMAND`: one entry point, one module per command.
+
+Each module in COMMAND_MODULES defines ``add_command(subparsers)``, which adds its parser
+and sets ``func`` (taking the parsed args, returning an exit code). Modules are imported
+only when listed, so ``--help`` stays quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+
+# Offline by default: without it every hub look-up retries for about 25 s on a machine
+# with no hub. A user with hub access sets HF_HUB_OFFLINE=0.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+COMMAND_MODULES = [
+    "moe_lib.commands.trace",
+    "moe_lib.commands.cache",
+    "moe_lib.commands.info",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m moe_lib",
+        description="Capture, cache and analyse expert routing in Mixture-of-Experts models.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_command(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
