@@ -1,0 +1,29 @@
+"""Shared fixtures: tiny random-weight models of every family, built from configs; no downloads."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+import torch
+
+from moe_lib.models.tiny import TINY_CONFIGS, tiny_model
+
+FAMILY_NAMES = sorted(TINY_CONFIGS)
+
+
+@pytest.fixture(scope="session", params=FAMILY_NAMES)
+def any_family_model(request):
+    """A tiny model of each supported family, fp32, in eval mode."""
+    return tiny_model(request.param)
+
+
+@pytest.fixture
+def token_batch():
+    """Two sequences of 12 random token ids, the second padded after 7 tokens (right padding)."""
+    generator = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(3, 512, (2, 12), generator=generator)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 7:] = 0
+    input_ids[1, 7:] = 0
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
