@@ -1,0 +1,188 @@
+"""How routing is distributed: weight by slot, expert load, router entropy, and how often
+consecutive tokens keep their experts (the measure of the Mixtral paper's routing section).
+
+All functions take a trace (see ``moe_lib.schema``) and return tidy DataFrames, one row per
+layer (or per layer and slot / expert); ``layer`` holds the absolute layer index.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from moe_lib.analysis.common import (
+    entropy_bits,
+    expert_ids,
+    layer_expert_counts,
+    next_in_sequence,
+    set_overlap,
+)
+from moe_lib.schema import router_probs
+
+# Whiskers at 5 % and 95 %: with millions of tokens, min/max whiskers show only outliers.
+QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+QUANTILE_COLUMNS = ("q05", "q25", "median", "q75", "q95")
+_LOGIT_CHUNK = 131072  # tokens per block of router_logits: (chunk, layer, expert) floats
+
+
+def weight_by_slot(ds: xr.Dataset) -> pd.DataFrame:
+    """Return quantiles of the routing weight per (layer, slot), ready for a boxplot.
+
+    Returns
+    -------
+    DataFrame
+        Columns layer, slot, n_tokens, mean, q05, q25, median, q75, q95 (weights as the layer
+        used them, unitless).
+    """
+    weight = np.asarray(ds["weight"].transpose("token", "layer", "slot").values, np.float32)
+    n_tokens, n_layers, top_k = weight.shape
+    quantiles = np.quantile(weight, QUANTILES, axis=0)  # (quantile, layer, slot)
+    layer, slot = np.meshgrid(ds["layer"].values, np.arange(top_k), indexing="ij")
+    table = pd.DataFrame(
+        {"layer": layer.ravel(), "slot": slot.ravel(), "n_tokens": n_tokens,
+         "mean": weight.mean(axis=0, dtype=np.float64).ravel()}
+    )
+    for name, values in zip(QUANTILE_COLUMNS, quantiles):
+        table[name] = values.ravel()
+    return table
+
+
+def expert_load(ds: xr.Dataset, n_slots: int | None = None) -> pd.DataFrame:
+    """Return each expert's load per layer: assignment counts and share of the layer's total.
+
+    Parameters
+    ----------
+    n_slots : int, optional
+        Count only the first ``n_slots`` slots (1 = top-1 load); default all ``top_k``.
+
+    Returns
+    -------
+    DataFrame
+        Columns layer, expert, n_assignments, share (sums to 1 per layer), uniform_share (1/E).
+    """
+    n_experts = int(ds.attrs["n_experts"])
+    counts = layer_expert_counts(expert_ids(ds, n_slots), n_experts)  # (layer, expert)
+    n_layers = counts.shape[0]
+    return pd.DataFrame(
+        {
+            "layer": np.repeat(ds["layer"].values, n_experts),
+            "expert": np.tile(np.arange(n_experts), n_layers),
+            "n_assignments": counts.ravel(),
+            "share": (counts / counts.sum(axis=1, keepdims=True)).ravel(),
+            "uniform_share": 1.0 / n_experts,
+        }
+    )
+
+
+def load_balance(ds: xr.Dataset, n_slots: int | None = None) -> pd.DataFrame:
+    """Return per-layer balance of expert load: largest over mean load and load entropy.
+
+    Returns
+    -------
+    DataFrame
+        Columns layer, max_over_mean (1 = perfectly balanced), entropy_bits (of the load
+        shares), max_entropy_bits (log2 n_experts), normalised_entropy (ratio of the two),
+        n_dead (experts that received no assignment).
+    """
+    n_experts = int(ds.attrs["n_experts"])
+    counts = layer_expert_counts(expert_ids(ds, n_slots), n_experts)
+    entropy = entropy_bits(counts, axis=1)
+    return pd.DataFrame(
+        {
+            "layer": ds["layer"].values,
+            "max_over_mean": counts.max(axis=1) / counts.mean(axis=1),
+            "entropy_bits": entropy,
+            "max_entropy_bits": np.log2(n_experts),
+            "normalised_entropy": entropy / np.log2(n_experts),
+            "n_dead": (counts == 0).sum(axis=1),
+        }
+    )
+
+
+def router_entropy_per_token(ds: xr.Dataset) -> tuple[xr.DataArray, str]:
+    """Return each token's router entropy in bits (token, layer), and the source used.
+
+    With ``router_logits`` the entropy is that of the full router distribution (sigmoid
+    scores are normalised to sum to 1 first), bounded by log2 n_experts; the source is
+    ``"router_logits"``. Without them it is the entropy of the top-k weights renormalised to
+    sum to 1, bounded by log2 top_k; the source is ``"top_k_weights"``.
+    """
+    if "router_logits" in ds:
+        logits = ds["router_logits"].transpose("token", "layer", "expert")
+        blocks = []
+        for start in range(0, ds.sizes["token"], _LOGIT_CHUNK):
+            block = logits.isel(token=slice(start, start + _LOGIT_CHUNK))
+            probs = router_probs(block, str(ds.attrs["scoring"])).values
+            blocks.append(entropy_bits(probs, axis=-1))
+        values, source = np.concatenate(blocks).astype(np.float32), "router_logits"
+    else:
+        weight = ds["weight"].transpose("token", "layer", "slot").values
+        values, source = entropy_bits(weight, axis=-1).astype(np.float32), "top_k_weights"
+    entropy = xr.DataArray(
+        values, dims=("token", "layer"), coords={"layer": ds["layer"].values},
+        name="router_entropy", attrs={"units": "bits", "source": source},
+    )
+    return entropy, source
+
+
+def router_entropy(ds: xr.Dataset) -> pd.DataFrame:
+    """Return quantiles of per-token router entropy by layer, and which data gave it.
+
+    Returns
+    -------
+    DataFrame
+        Columns layer, source ("router_logits" or "top_k_weights", see
+        ``router_entropy_per_token``), mean, q05, q25, median, q75, q95 (bits) and
+        max_entropy_bits (log2 n_experts for logits, log2 top_k for weights).
+    """
+    entropy, source = router_entropy_per_token(ds)
+    values = entropy.values
+    bound = ds.attrs["n_experts"] if source == "router_logits" else ds.attrs["top_k"]
+    table = pd.DataFrame(
+        {"layer": ds["layer"].values, "source": source,
+         "mean": values.mean(axis=0, dtype=np.float64)}
+    )
+    for name, column in zip(QUANTILE_COLUMNS, np.quantile(values, QUANTILES, axis=0)):
+        table[name] = column
+    table["max_entropy_bits"] = np.log2(bound)
+    return table
+
+
+def consecutive_routing(ds: xr.Dataset) -> pd.DataFrame:
+    """Return how often adjacent tokens share experts per layer, against chance.
+
+    Pairs are tokens t, t+1 of the same text (same ``seq``, ``pos`` + 1). The chance
+    baselines treat the two tokens as independent draws with the layer's observed loads:
+    for top-1, P(same) = sum_e p_e**2 with p_e the top-1 load share; for top-k sets, the
+    expected overlap is sum_e q_e**2 with q_e the share of tokens that have e in their
+    top-k (exact for independent sets with those inclusion rates).
+
+    Returns
+    -------
+    DataFrame
+        Columns layer, n_pairs, p_same_top1, p_same_top1_chance, topk_overlap (mean
+        |A ∩ B| / k, in [0, 1]), topk_overlap_chance, p_any_shared (at least one shared
+        expert in the top-k), ratio_top1 (observed over chance).
+    """
+    ids = expert_ids(ds)  # (token, layer, slot)
+    n_tokens, n_layers, top_k = ids.shape
+    n_experts = int(ds.attrs["n_experts"])
+    pair = next_in_sequence(ds)
+    first, second = ids[:-1][pair[:-1]], ids[1:][pair[:-1]]  # (pair, layer, slot)
+    same_top1 = (first[..., 0] == second[..., 0]).mean(axis=0)
+    overlap = set_overlap(first, second)  # (pair, layer)
+    top1_share = layer_expert_counts(ids[..., :1], n_experts) / n_tokens
+    inclusion = layer_expert_counts(ids, n_experts) / n_tokens
+    return pd.DataFrame(
+        {
+            "layer": ds["layer"].values,
+            "n_pairs": int(pair.sum()),
+            "p_same_top1": same_top1,
+            "p_same_top1_chance": (top1_share**2).sum(axis=1),
+            "topk_overlap": overlap.mean(axis=0) / top_k,
+            "topk_overlap_chance": (inclusion**2).sum(axis=1) / top_k,
+            "p_any_shared": (overlap > 0).mean(axis=0),
+            "ratio_top1": same_top1 / (top1_share**2).sum(axis=1),
+        }
+    )

@@ -1,0 +1,99 @@
+"""Clusters of routes by Hamming distance, compared with token labels by adjusted mutual
+information against a permutation baseline.
+
+HDBSCAN (scikit-learn's) on the precomputed Hamming distances, i.e. the share of layers
+whose top-1 expert differs. Distances are quadratic in tokens, so a seeded sample is used.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+from scipy.spatial.distance import pdist, squareform
+from sklearn.cluster import HDBSCAN
+from sklearn.metrics import adjusted_mutual_info_score
+
+from moe_lib.analysis.common import label_codes, top1
+from moe_lib.analysis.paths import LABELS, _window_start
+
+
+def cluster_routes(
+    ds: xr.Dataset,
+    first_layer: int | None = None,
+    length: int | None = None,
+    max_tokens: int = 3000,
+    min_cluster_size: int = 10,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Return a cluster per sampled token, from HDBSCAN on the Hamming distance of routes.
+
+    Returns
+    -------
+    DataFrame
+        Columns token (index into ``ds``'s token dim), cluster (-1 = noise), and the path
+        (experts joined by "-").
+    """
+    start, length = _window_start(ds, first_layer, length)
+    routes = top1(ds)[:, start:start + length]
+    rng = np.random.default_rng(seed)
+    n_tokens = routes.shape[0]
+    # Kept in random order: Hamming distances tie a lot, HDBSCAN breaks ties by input
+    # order, and labels that run in blocks of the trace (a text's domain) would then look
+    # clustered when the routes say nothing about them.
+    sample = rng.choice(n_tokens, min(max_tokens, n_tokens), replace=False)
+    distance = squareform(pdist(routes[sample], metric="hamming"))
+    clusters = HDBSCAN(min_cluster_size=min_cluster_size, metric="precomputed", copy=False).fit_predict(distance)
+    return pd.DataFrame(
+        {"token": sample, "cluster": clusters, "path": ["-".join(map(str, r)) for r in routes[sample]]}
+    )
+
+
+def cluster_label_agreement(
+    ds: xr.Dataset,
+    clusters: pd.DataFrame,
+    labels=LABELS,
+    n_permutations: int = 200,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Return the adjusted mutual information between route clusters and each label.
+
+    Noise points (cluster -1) count as one more cluster. Tokens without the label are
+    left out. The baseline shuffles the label over the same tokens (seeded), so it sits
+    near 0 by construction of AMI; the p-value is (1 + #shuffled >= observed) /
+    (1 + n_permutations).
+
+    Returns
+    -------
+    DataFrame
+        Columns label, n_tokens, n_clusters, noise_share, ami, ami_shuffled (mean),
+        ami_shuffled_q95, p_value.
+    """
+    rng = np.random.default_rng(seed)
+    rows = []
+    for name in labels:
+        if name not in ds.coords:
+            continue
+        codes, _ = label_codes(ds, name)
+        values = codes[clusters["token"].values]
+        keep = values >= 0
+        if len(np.unique(values[keep])) < 2:
+            continue
+        cluster, values = clusters["cluster"].values[keep], values[keep]
+        ami = adjusted_mutual_info_score(values, cluster)
+        shuffled = np.array(
+            [adjusted_mutual_info_score(rng.permutation(values), cluster) for _ in range(n_permutations)]
+        )
+        rows.append(
+            {
+                "label": name,
+                "n_tokens": int(keep.sum()),
+                "n_clusters": int(np.unique(cluster[cluster >= 0]).size),
+                "noise_share": float((cluster < 0).mean()),
+                "ami": ami,
+                "ami_shuffled": float(shuffled.mean()),
+                "ami_shuffled_q95": float(np.quantile(shuffled, 0.95)),
+                "p_value": (1 + int((shuffled >= ami).sum())) / (1 + n_permutations),
+            }
+        )
+    return pd.DataFrame(rows)

@@ -1,0 +1,72 @@
+"""Tests of moe_lib.analysis.crosslayer."""
+
+import numpy as np
+import pytest
+from helpers_traces import make_trace, random_trace
+
+from moe_lib.analysis import crosslayer
+from moe_lib.analysis.common import js_distance
+
+
+def polysemous_trace(n=400, separate=True, seed=0):
+    """Token 5 with meanings a/b: routed to 0/1 by meaning if ``separate``, at random if not."""
+    rng = np.random.default_rng(seed)
+    meaning = rng.choice(["a", "b"], n)
+    expert = (meaning == "b").astype(int) if separate else rng.integers(0, 2, n)
+    ids = np.stack([expert, expert + 2], axis=1)  # layer 1 continues layer 0's choice
+    filler = rng.integers(0, 4, (n, 2))
+    return make_trace(
+        np.concatenate([ids, filler]), 4,
+        token_id=np.r_[np.full(n, 5), np.full(n, 6)],
+        labels={"is_target": np.r_[np.ones(n, bool), np.zeros(n, bool)],
+                "meaning": np.r_[meaning, np.full(n, "")].astype(object)},
+    )
+
+
+def test_js_distance_zero_for_identical_and_one_for_disjoint():
+    assert js_distance(np.array([1, 2, 3]), np.array([2, 4, 6])) == pytest.approx(0.0)
+    assert js_distance(np.array([1, 0]), np.array([0, 1])) == pytest.approx(1.0)
+
+
+def test_meaning_flow_counts_transitions_per_meaning():
+    ds = polysemous_trace(100)
+    flow = crosslayer.meaning_flow(ds)
+    assert set(flow["meaning"]) == {"a", "b"}
+    a = flow[flow.meaning == "a"]
+    assert a[["expert", "next_expert"]].values.tolist() == [[0, 2]]
+    assert flow["n_tokens"].sum() == 100 and (flow["share"] == 1.0).all()
+
+
+def test_context_specialisation_against_shuffled_meanings():
+    separate = crosslayer.specialisation_js(polysemous_trace(), n_permutations=50)
+    # Meanings on disjoint experts: JS(meaning, pooled) = sqrt(1 - H(1/2,1/2)/2 ...) > baseline.
+    assert (separate["context_js"] > 0.5).all()
+    assert (separate["context_p_value"] < 0.05).all()
+    mixed = crosslayer.specialisation_js(polysemous_trace(separate=False), n_permutations=50)
+    assert (mixed["context_js"] < mixed["context_js_shuffled_q95"] + 0.02).all()
+    assert (mixed["context_p_value"] > 0.05).all()
+
+
+def test_permutation_baseline_is_seeded():
+    ds = polysemous_trace(separate=False)
+    a = crosslayer.specialisation_js(ds, n_permutations=10, seed=4)
+    b = crosslayer.specialisation_js(ds, n_permutations=10, seed=4)
+    assert a.equals(b)
+
+
+def test_expert_continuity_deterministic_versus_random():
+    ds = polysemous_trace()
+    targets = crosslayer.target_occurrences(ds)
+    row = crosslayer.expert_continuity(targets, n_permutations=20).iloc[0]
+    assert row["nmi"] == pytest.approx(1.0)  # layer 1 = layer 0 + 2
+    assert row["nmi_shuffled"] < 0.05
+    noise = crosslayer.expert_continuity(random_trace(5000, n_layers=3, seed=2), n_permutations=5)
+    # Independent layers: NMI is only the finite-sample bias that the shuffles also show.
+    assert np.allclose(noise["nmi"], noise["nmi_shuffled"], atol=0.004)
+
+
+def test_target_occurrences_errors_name_what_is_missing():
+    with pytest.raises(KeyError, match="is_target"):
+        crosslayer.target_occurrences(random_trace(50))
+    with pytest.raises(ValueError, match="token_id 99"):
+        crosslayer.target_occurrences(polysemous_trace(10), token_id=99)

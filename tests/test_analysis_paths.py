@@ -1,0 +1,99 @@
+"""Tests of moe_lib.analysis.paths and moe_lib.analysis.route_clusters."""
+
+import numpy as np
+import pytest
+from helpers_traces import make_trace, random_trace
+
+from moe_lib.analysis import paths, route_clusters
+
+
+def test_a_route_that_never_varies_is_one_path_of_zero_entropy():
+    ds = make_trace(np.tile([3, 1, 4], (50, 1)), 8)
+    windows = paths.path_windows(ds)
+    assert len(windows) == 3 + 2 + 1
+    assert (windows["n_paths_seen"] == 1).all()
+    assert (windows["entropy_bits"] == 0).all() and (windows["coverage_top10"] == 1).all()
+    assert windows.set_index(["first_layer", "length"]).loc[(0, 3), "n_paths_possible"] == 8**3
+
+
+def test_path_windows_by_hand():
+    # Two layers of 2 experts; paths (0,0) x3, (0,1), (1,1) x4 over 8 tokens.
+    ids = np.array([[0, 0]] * 3 + [[0, 1]] + [[1, 1]] * 4)
+    row = paths.path_windows(make_trace(ids, 2)).set_index(["first_layer", "length"]).loc[(0, 2)]
+    assert row["n_paths_seen"] == 3
+    assert row["coverage_top10"] == pytest.approx(4 / 8)  # ceil(0.3) = 1 path
+    assert row["coverage_top50"] == pytest.approx(7 / 8)  # ceil(1.5) = 2 paths
+    p = np.array([3, 1, 4]) / 8
+    assert row["normalised_entropy"] == pytest.approx(-(p * np.log2(p)).sum() / 2)
+
+
+def test_uniform_random_routes_are_near_maximal_entropy():
+    ds = make_trace(np.random.default_rng(0).integers(0, 4, (20000, 2)), 4)
+    windows = paths.path_windows(ds)
+    assert (windows["normalised_entropy"] > 0.99).all()
+    assert (windows["n_paths_seen"] == windows["n_paths_reachable"]).all()
+
+
+def test_path_codes_do_not_overflow_for_many_layers():
+    routes = np.random.default_rng(0).integers(0, 256, (1000, 12))
+    codes = paths.path_codes(routes, 0, 12)
+    assert codes.max() < 1000 and np.unique(codes).size == np.unique(routes, axis=0).shape[0]
+
+
+def test_path_groups_purity_token_entropy_and_contexts():
+    # Path 0-0 holds token "a" meaning x (4 times); path 1-1 holds tokens a and b, meanings x, y.
+    ids = np.array([[0, 0]] * 4 + [[1, 1]] * 4)
+    ds = make_trace(
+        ids, 2, token_id=[1, 1, 1, 1, 1, 2, 1, 2], token_str=["a", "a", "a", "a", "a", "b", "a", "b"],
+        labels={"meaning": np.array(["x"] * 4 + ["x", "y", "y", "y"], dtype=object)},
+    )
+    groups = paths.path_groups(ds, min_tokens=4, n_examples=2, n_context=1).set_index("path")
+    assert groups.loc["0-0", "n_token_ids"] == 1 and groups.loc["0-0", "token_id_entropy_bits"] == 0
+    assert groups.loc["1-1", "token_id_entropy_bits"] == pytest.approx(1.0)
+    assert groups.loc["0-0", "meaning_purity"] == 1.0 and groups.loc["1-1", "meaning_purity"] == 0.75
+    assert groups.loc["1-1", "meaning_top"] == "y"
+    assert all("[[" in text for text in groups.loc["0-0", "examples"])
+    assert len(groups.loc["0-0", "examples"]) == 2
+
+
+def test_paths_to_cover_by_hand():
+    ids = np.array([[0]] * 8 + [[1]] * 2 + [[2]] * 5 + [[3]] * 5)
+    domain = np.array(["a"] * 10 + ["b"] * 10, dtype=object)
+    table = paths.paths_to_cover(make_trace(ids, 4, labels={"domain": domain})).set_index("domain")
+    assert table.loc["a", "n_paths_80"] == 1 and table.loc["a", "n_paths_95"] == 2
+    assert table.loc["b", "n_paths_80"] == 2
+
+
+def polysemous(n=300, informative_layer=1, seed=0):
+    rng = np.random.default_rng(seed)
+    meaning = rng.choice(["x", "y"], n)
+    routes = rng.integers(0, 4, (n, 3))
+    routes[:, informative_layer] = np.where(meaning == "x", 0, 1)
+    return make_trace(routes, 4, token_id=np.full(n, 9),
+                      labels={"is_target": np.ones(n, bool), "meaning": meaning.astype(object)})
+
+
+def test_meaning_prediction_finds_the_informative_layer_and_shuffles_fall_to_majority():
+    table = paths.meaning_prediction(polysemous()).set_index(["first_layer", "length"])
+    assert table.loc[(1, 1), "accuracy"] == 1.0
+    assert table.loc[(0, 1), "accuracy"] < 0.65
+    assert table.loc[(0, 1), "predictor"] == "single layer" and table.loc[(0, 2), "predictor"] == "path"
+    assert (table["accuracy_shuffled"] < table["majority_share"] + 0.08).all()
+
+
+def test_route_clusters_agree_with_a_label_that_decides_routes():
+    ds = polysemous(400, informative_layer=0)
+    ids = np.repeat(ds["expert_id"].values[:, :1], 3, axis=1)  # every layer = the meaning's expert
+    ds = make_trace(ids, 4, labels={"meaning": ds["meaning"].values})
+    clusters = route_clusters.cluster_routes(ds, min_cluster_size=5)
+    table = route_clusters.cluster_label_agreement(ds, clusters, n_permutations=30).iloc[0]
+    assert table["ami"] == pytest.approx(1.0) and table["p_value"] < 0.05
+
+
+def test_route_clusters_ami_is_chance_for_block_labels_on_random_routes():
+    # Regression: a sorted sample let HDBSCAN's tie-breaking by input order align clusters
+    # with labels that run in blocks of the trace (AMI 0.08, p 0.01 on pure noise).
+    ds = random_trace(2000, seed=0)
+    clusters = route_clusters.cluster_routes(ds, min_cluster_size=5)
+    row = route_clusters.cluster_label_agreement(ds, clusters, labels=["domain"], n_permutations=50).iloc[0]
+    assert abs(row["ami"]) < 0.01 and row["p_value"] > 0.05
