@@ -19,6 +19,8 @@ COMMAND_MODULES = [
     "moe_lib.commands.trace",
     "moe_lib.commands.cache",
     "moe_lib.commands.info",
+    "moe_lib.commands.corpus",
+    "moe_lib.commands.tokenizer",
 ]
 
 
