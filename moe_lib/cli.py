@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import sys
 
 # Offline by default: without it every hub look-up retries for about 25 s on a machine
 # with no hub. A user with hub access sets HF_HUB_OFFLINE=0.
@@ -38,4 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except (OSError, ValueError, RuntimeError) as error:
+        # moe_lib's own errors name the file, field and value: say that, not a traceback
+        print(f"python -m moe_lib {args.command}: error: {error}", file=sys.stderr)
+        return 1

@@ -27,3 +27,11 @@ def token_batch():
     attention_mask[1, 7:] = 0
     input_ids[1, 7:] = 0
     return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """A 512-entry byte-level BPE trained on standard-library docstrings (real text)."""
+    from moe_lib.models.tiny import tiny_tokenizer
+
+    return tiny_tokenizer()

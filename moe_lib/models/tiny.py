@@ -154,3 +154,30 @@ def tiny_model(model_type: str, seed: int = 0, dtype=torch.float32, **overrides)
             if name.endswith(("gate.weight", "router.weight")) and param.dim() == 2:
                 param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
     return model.eval()
+
+
+def tiny_tokenizer(texts: list[str] | None = None, vocab_size: int = 512):
+    """Return a byte-level BPE tokenizer of ``vocab_size`` entries trained on ``texts``.
+
+    Defaults to the docstrings of a few standard-library modules: real text, on every machine.
+    Its ids fit the tiny models' 512-entry vocabulary.
+    """
+    import inspect as _inspect
+    import json as _json
+    import textwrap as _textwrap
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    if texts is None:
+        texts = [_inspect.getdoc(m) or "" for m in (_json, _textwrap, _inspect, torch.nn.Module)]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<pad>", "<s>", "</s>"],  # ids 0, 1, 2 as in the tiny configs
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    bpe.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<pad>", bos_token="<s>", eos_token="</s>")

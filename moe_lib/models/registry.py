@@ -1,0 +1,192 @@
+"""One table of the models moe_lib knows by name, and ``load`` for any of them.
+
+A name in REGISTRY, a hub id (``org/name``) or a local folder written by save_pretrained
+(tokenizer beside it) all load the same way. Hub checkpoints need network access to the
+Hugging Face hub; the project's own models are rebuilt by ``python -m moe_lib train``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from moe_lib.models.families import family_of
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+SAVED_MODELS = PROJECT_ROOT / "datasets" / "saved-models"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model known by name: where it comes from and its routing shape (from its config)."""
+
+    name: str
+    source: str  # hub id, or a folder relative to the project root
+    family: str
+    n_layers: int
+    n_experts: int
+    top_k: int
+    revision: str | None = None
+    dtype: str = "bfloat16"
+    note: str = ""
+    revisions: dict[str, str] = field(default_factory=dict)  # named training checkpoints
+
+
+# Shapes from each checkpoint's config.json on the hub (layers = decoder layers).
+REGISTRY: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in [
+        ModelSpec(
+            "olmoe-1b-7b",
+            "allenai/OLMoE-1B-7B-0924",
+            "olmoe",
+            16,
+            64,
+            8,
+            note="Intermediate training checkpoints are hub branches named stepN-tokensMB; "
+            "pass one as --revision (list them with huggingface_hub.list_repo_refs).",
+        ),
+        ModelSpec("qwen1.5-moe-a2.7b", "Qwen/Qwen1.5-MoE-A2.7B", "qwen2_moe", 24, 60, 4),
+        ModelSpec("deepseek-v2-lite", "deepseek-ai/DeepSeek-V2-Lite", "deepseek_v2", 27, 64, 6),
+        ModelSpec("qwen3-30b-a3b", "Qwen/Qwen3-30B-A3B", "qwen3_moe", 48, 128, 8),
+        ModelSpec("gpt-oss-20b", "openai/gpt-oss-20b", "gpt_oss", 24, 32, 4),
+        ModelSpec("mixtral-8x7b", "mistralai/Mixtral-8x7B-v0.1", "mixtral", 32, 8, 2),
+        ModelSpec(
+            "standard-default",
+            "datasets/saved-models/standard-default/final",
+            "olmoe",
+            4,
+            16,
+            2,
+            dtype="float32",
+            note="The project's own standard MoE; rebuilt by `python -m moe_lib train standard`.",
+        ),
+        ModelSpec(
+            "cross-layer-default",
+            "datasets/saved-models/cross-layer-default/final",
+            "moe_crosslayer",
+            4,
+            16,
+            2,
+            dtype="float32",
+            note="The project's own cross-layer-routing MoE; `python -m moe_lib train cross-layer`.",
+        ),
+    ]
+}
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """A model name that is neither registered, nor a local folder, nor loadable from the hub."""
+
+
+def resolve(name_or_path: str) -> tuple[str, ModelSpec | None]:
+    """Return (what from_pretrained should load, the registry entry if any)."""
+    spec = REGISTRY.get(name_or_path)
+    if spec is not None:
+        source = spec.source
+        local = PROJECT_ROOT / source
+        return (str(local) if not _looks_like_hub_id(source) else source), spec
+    path = Path(name_or_path)
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"{path}: a folder without config.json is not a saved model")
+        return str(path), None
+    if _looks_like_hub_id(name_or_path):
+        return name_or_path, None
+    raise ModelNotFoundError(
+        f"{name_or_path!r} is not a registered model ({', '.join(REGISTRY)}), "
+        "an existing folder, nor a hub id of the form org/name"
+    )
+
+
+def _looks_like_hub_id(source: str) -> bool:
+    return source.count("/") == 1 and not source.startswith((".", "/")) and not Path(source).exists()
+
+
+def default_dtype(device: str) -> torch.dtype:
+    """bf16 on accelerators (what the checkpoints ship in), fp32 on the CPU (exact checks)."""
+    return torch.float32 if device == "cpu" else torch.bfloat16
+
+
+def load(
+    name_or_path: str,
+    *,
+    revision: str | None = None,
+    device: str = "cpu",
+    dtype: str | torch.dtype | None = None,
+    device_map: str | None = None,
+    trust_remote_code: bool = False,
+):
+    """Return ``(model, tokenizer)`` for a registry name, hub id or local folder.
+
+    Parameters
+    ----------
+    revision : hub branch, tag or commit (e.g. an OLMoE training checkpoint).
+    device : where to put the model ("cpu", "cuda", "cuda:1", ...), unless ``device_map``.
+    dtype : torch dtype or its name; defaults to bf16 on GPU, fp32 on CPU.
+    device_map : "auto" spreads a model too big for one GPU over all of them (accelerate).
+    trust_remote_code : only when the user asks for it; no registered model needs it.
+    """
+    import moe_lib.models  # noqa: F401  (registers the project's own architectures)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source, spec = resolve(name_or_path)
+    if spec is not None and not Path(source).exists() and not _looks_like_hub_id(spec.source):
+        raise ModelNotFoundError(f"{name_or_path}: {source} does not exist yet. {spec.note}")
+    revision = revision or (spec.revision if spec else None)
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    dtype = dtype or default_dtype(device)
+    kwargs = dict(revision=revision, dtype=dtype, trust_remote_code=trust_remote_code)
+    try:
+        if device_map:
+            model = AutoModelForCausalLM.from_pretrained(source, device_map=device_map, **kwargs)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(source, **kwargs).to(device)
+        tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
+    except OSError as error:
+        hint = " (HF_HUB_OFFLINE=1 is set: no hub access)" if os.environ.get("HF_HUB_OFFLINE") == "1" else ""
+        raise ModelNotFoundError(f"{name_or_path}: could not load from {source}{hint}: {error}") from error
+    family_of(model.config)  # fail early, listing the supported families
+    return model.eval(), tokenizer
+
+
+def model_identity(model, name: str | None = None, revision: str | None = None) -> dict:
+    """Return what identifies a loaded model's weights, for cache keys and trace attrs."""
+    config = model.config
+    identity = {
+        "model": name or str(getattr(config, "_name_or_path", "") or config.model_type),
+        "family": config.model_type,
+        "revision": revision or getattr(config, "_commit_hash", None),
+    }
+    source = Path(str(getattr(config, "_name_or_path", "")))
+    weights = sorted(source.glob("*.safetensors")) if source.is_dir() else []
+    if weights:  # local checkpoint: the bytes of its weights are its identity
+        identity["weights_sha256"] = _sha256_files(weights)
+    elif identity["revision"] is None:  # an in-memory model: hash its parameters
+        identity["weights_sha256"] = _sha256_parameters(model)
+    return identity
+
+
+def _sha256_files(paths) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def _sha256_parameters(model) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
