@@ -59,13 +59,16 @@ def analyses(ds, earlier):
         ("distribution.weight_by_slot", lambda: distribution.weight_by_slot(ds)),
         ("distribution.expert_load", lambda: distribution.expert_load(ds)),
         ("distribution.load_balance", lambda: distribution.load_balance(ds)),
-        ("distribution.router_entropy (weights)", lambda: distribution.router_entropy(ds)),
+        ("distribution.router_entropy (weights)", lambda: distribution.router_entropy(ds.drop_vars(
+            "router_logits", errors="ignore"))),
+        ("distribution.router_entropy (logits)", lambda: distribution.router_entropy(ds))
+        if "router_logits" in ds else None,
         ("distribution.consecutive_routing", lambda: distribution.consecutive_routing(ds)),
         ("saturation.router_saturation (2 ckpts)", lambda: saturation.router_saturation(checkpoints)),
         ("saturation.token_expert_distribution", lambda: saturation.token_expert_distribution(checkpoints, [3, 4])),
         ("crosslayer.meaning_flow", lambda: crosslayer.meaning_flow(ds)),
-        ("crosslayer.specialisation_js (200 perm)", lambda: crosslayer.specialisation_js(ds)),
-        ("crosslayer.expert_continuity (all, 20 perm)", lambda: crosslayer.expert_continuity(ds)),
+        ("crosslayer.specialization_js (200 perm)", lambda: crosslayer.specialization_js(ds)),
+        ("crosslayer.expert_continuity (all, 5 perm)", lambda: crosslayer.expert_continuity(ds)),
         ("crosslayer.expert_continuity (targets)", lambda: crosslayer.expert_continuity(targets)),
         ("paths.path_windows", lambda: paths.path_windows(ds)),
         ("paths.path_groups (all layers)", lambda: paths.path_groups(ds)),
@@ -74,7 +77,7 @@ def analyses(ds, earlier):
         ("route_clusters (3000 sampled)", lambda: route_clusters.cluster_label_agreement(
             ds, route_clusters.cluster_routes(ds), n_permutations=100)),
         ("specialization.domain_expert_share", lambda: specialization.domain_expert_share(ds)),
-        ("specialization.domain_tv_distance (20 perm)", lambda: specialization.domain_tv_distance(ds)),
+        ("specialization.domain_tv_distance (5 perm)", lambda: specialization.domain_tv_distance(ds)),
         ("specialization.vocabulary_specialization", lambda: specialization.vocabulary_specialization(ds)),
         ("specialization.characteristic_tokens", lambda: specialization.characteristic_tokens(ds)),
         ("specialization.coactivation", lambda: specialization.coactivation(ds)),
@@ -90,6 +93,9 @@ def main(argv=None) -> int:
     parser.add_argument("--layers", type=int, default=8, help="MoE layers (default 8)")
     parser.add_argument("--experts", type=int, default=64, help="experts per layer (default 64)")
     parser.add_argument("--top-k", type=int, default=4, help="experts per token (default 4)")
+    parser.add_argument("--with-logits", action="store_true",
+                        help="also store router_logits (float16, 128 bytes per token-layer at 64 "
+                             "experts) and time the entropy from them")
     parser.add_argument("--only", default=None, help="time only analyses whose name contains this")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -98,12 +104,13 @@ def main(argv=None) -> int:
     for n_tokens in args.tokens:
         start = time.perf_counter()
         trace_kwargs = dict(n_layers=args.layers, n_experts=args.experts, top_k=args.top_k,
-                            seq_len=512, n_vocab=8192)
+                            seq_len=512, n_vocab=8192, with_logits=args.with_logits)
         ds = with_polysemous_token(random_trace(n_tokens, seed=args.seed, **trace_kwargs), 3, args.seed)
         earlier = relabelled(ds, share=0.5, seed=args.seed)
         build = time.perf_counter() - start
         tqdm.write(f"{n_tokens:,} tokens: traces built in {build:.1f} s")
-        todo = [(name, call) for name, call in analyses(ds, earlier) if args.only is None or args.only in name]
+        todo = [(name, call) for name, call in filter(None, analyses(ds, earlier))
+                if args.only is None or args.only in name]
         for name, call in tqdm(todo, desc=f"{n_tokens:,} tokens"):
             start = time.perf_counter()
             call()

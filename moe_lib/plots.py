@@ -240,9 +240,9 @@ def meaning_flow_plot(flow: pd.DataFrame, min_share: float = 0.02) -> ggplot:
     )
 
 
-def specialisation_js_plot(table: pd.DataFrame) -> ggplot:
-    """Return context and token-id specialisation per layer against their baselines, from
-    ``specialisation_js`` (observed solid, baseline mean dashed)."""
+def specialization_js_plot(table: pd.DataFrame) -> ggplot:
+    """Return context and token-id specialization per layer against their baselines, from
+    ``specialization_js`` (observed solid, baseline mean dashed)."""
     long = observed_and_chance(table, {
         "Context (meaning vs token)": ("context_js", "context_js_shuffled"),
         "Token id (token vs all tokens)": ("token_js", "token_js_random"),

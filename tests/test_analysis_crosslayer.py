@@ -37,20 +37,20 @@ def test_meaning_flow_counts_transitions_per_meaning():
     assert flow["n_tokens"].sum() == 100 and (flow["share"] == 1.0).all()
 
 
-def test_context_specialisation_against_shuffled_meanings():
-    separate = crosslayer.specialisation_js(polysemous_trace(), n_permutations=50)
+def test_context_specialization_against_shuffled_meanings():
+    separate = crosslayer.specialization_js(polysemous_trace(), n_permutations=50)
     # Meanings on disjoint experts: JS(meaning, pooled) = sqrt(1 - H(1/2,1/2)/2 ...) > baseline.
     assert (separate["context_js"] > 0.5).all()
     assert (separate["context_p_value"] < 0.05).all()
-    mixed = crosslayer.specialisation_js(polysemous_trace(separate=False), n_permutations=50)
+    mixed = crosslayer.specialization_js(polysemous_trace(separate=False), n_permutations=50)
     assert (mixed["context_js"] < mixed["context_js_shuffled_q95"] + 0.02).all()
     assert (mixed["context_p_value"] > 0.05).all()
 
 
 def test_permutation_baseline_is_seeded():
     ds = polysemous_trace(separate=False)
-    a = crosslayer.specialisation_js(ds, n_permutations=10, seed=4)
-    b = crosslayer.specialisation_js(ds, n_permutations=10, seed=4)
+    a = crosslayer.specialization_js(ds, n_permutations=10, seed=4)
+    b = crosslayer.specialization_js(ds, n_permutations=10, seed=4)
     assert a.equals(b)
 
 

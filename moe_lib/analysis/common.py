@@ -40,7 +40,8 @@ def top1(ds: xr.Dataset) -> np.ndarray:
 def layer_expert_counts(ids: np.ndarray, n_experts: int) -> np.ndarray:
     """Return counts (layer, expert) of assignments in ``ids`` (token, layer[, slot])."""
     n_layers = ids.shape[1]
-    layer_offset = (np.arange(n_layers, dtype=np.int64) * n_experts).reshape(
+    # int32 suffices (n_layers * n_experts is small) and halves the memory traffic.
+    layer_offset = (np.arange(n_layers, dtype=np.int32) * n_experts).reshape(
         (1, n_layers) + (1,) * (ids.ndim - 2)
     )
     flat = (ids + layer_offset).ravel()
@@ -55,21 +56,28 @@ def group_expert_counts(
     ``groups`` (token,) holds a group code in 0..n_groups-1 per token; -1 drops the token.
     """
     keep = groups >= 0
-    ids, groups = ids[keep], groups[keep].astype(np.int64)
+    if not keep.all():
+        ids, groups = ids[keep], groups[keep]
+    # int32 while the flat index fits, as it does for any realistic label and model.
+    dtype = np.int32 if n_groups * ids.shape[1] * n_experts < 2**31 else np.int64
+    groups = groups.astype(dtype)
     n_layers = ids.shape[1]
     extra = (1,) * (ids.ndim - 2)
     index = (
         groups.reshape((-1, 1) + extra) * (n_layers * n_experts)
-        + np.arange(n_layers, dtype=np.int64).reshape((1, n_layers) + extra) * n_experts
+        + np.arange(n_layers, dtype=dtype).reshape((1, n_layers) + extra) * n_experts
         + ids
     )
     counts = np.bincount(index.ravel(), minlength=n_groups * n_layers * n_experts)
     return counts.reshape(n_groups, n_layers, n_experts)
 
 
-def entropy_bits(p: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Return the Shannon entropy in bits of distributions (or counts) along ``axis``."""
-    p = np.asarray(p, dtype=np.float64)
+def entropy_bits(p: np.ndarray, axis: int = -1, dtype=np.float64) -> np.ndarray:
+    """Return the Shannon entropy in bits of distributions (or counts) along ``axis``.
+
+    ``dtype=np.float32`` halves the work for per-token entropies of millions of rows.
+    """
+    p = np.asarray(p, dtype=dtype)
     total = p.sum(axis=axis, keepdims=True)
     q = np.divide(p, total, out=np.zeros_like(p), where=total > 0)
     with np.errstate(divide="ignore", invalid="ignore"):

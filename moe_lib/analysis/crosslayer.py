@@ -85,20 +85,20 @@ def _context_js(counts: np.ndarray) -> np.ndarray:
     return js_distance(counts[present], np.broadcast_to(pooled, counts[present].shape)).mean(axis=0)
 
 
-def specialisation_js(
+def specialization_js(
     ds: xr.Dataset,
     token_id: int | None = None,
     n_slots: int | None = 1,
     n_permutations: int = 200,
     seed: int = 0,
 ) -> pd.DataFrame:
-    """Return per layer the context and token-id specialisation of a polysemantic token.
+    """Return per layer the context and token-id specialization of a polysemantic token.
 
-    Context specialisation: the mean over meanings of the Jensen-Shannon distance (base 2)
+    Context specialization: the mean over meanings of the Jensen-Shannon distance (base 2)
     between the meaning's expert distribution and the token's pooled one. Its baseline
     shuffles the meaning labels among the token's occurrences (seeded), which keeps the
     meanings' sizes, so it measures what finite samples give by chance.
-    Token-id specialisation: the JS distance between the token's expert distribution and
+    Token-id specialization: the JS distance between the token's expert distribution and
     that of every token in the trace; its baseline draws as many random tokens of the trace.
 
     Parameters
@@ -176,7 +176,7 @@ def normalised_mutual_information(a: np.ndarray, b: np.ndarray, n_values: int) -
     return float(2 * mutual / (h_a + h_b)) if h_a + h_b > 0 else 0.0
 
 
-def expert_continuity(ds: xr.Dataset, n_permutations: int = 20, seed: int = 0) -> pd.DataFrame:
+def expert_continuity(ds: xr.Dataset, n_permutations: int = 5, seed: int = 0) -> pd.DataFrame:
     """Return how predictable each layer's top-1 expert is from the previous layer's.
 
     Uses every token of ``ds`` (pass ``target_occurrences(ds)`` for a polysemantic token).

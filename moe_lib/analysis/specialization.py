@@ -59,7 +59,7 @@ def domain_tv_distance(
     ds: xr.Dataset,
     label: str = "domain",
     n_slots: int | None = None,
-    n_permutations: int = 20,
+    n_permutations: int = 5,
     seed: int = 0,
 ) -> pd.DataFrame:
     """Return per layer and label value the total-variation distance of its expert

@@ -1,0 +1,445 @@
+"""The ablation grid: which experts, in which layers, a model needs, on MMLU or held-out text.
+
+A grid is a list of :class:`Condition` (each a set of :func:`moe_lib.interventions.ablate`
+arguments), run batch by batch and scored per item: the answer letter's log-probability
+for multiple choice, next-token loss for text. Summaries add seeded bootstrap intervals,
+over items, and paired differences from the baseline.
+
+Reusing the layers below an ablation: layers below the first ablated one compute exactly
+what the baseline computes. So each batch runs the model once (the baseline), keeping the
+residual stream entering each layer where some condition starts, and the keyword
+arguments (position embeddings, attention mask) every decoder layer was called with. A
+condition then runs only the model's own decoder layers from its first ablated layer on,
+then the final norm. ``reuse=False`` runs the whole model per condition: the check.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from moe_lib.analysis.lens import base_model, decoder_layers, final_norm, unembed
+from moe_lib.capture import find_moe_layers
+from moe_lib.interventions import ablate, select_layers
+from moe_lib.models.families import family_of
+
+LETTERS = "ABCD"
+CHANCE = 1 / len(LETTERS)
+BASELINE = "baseline"
+
+
+# -- conditions ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Condition:
+    """One cell of the grid: what to remove, or nothing (the baseline)."""
+
+    layers: str | tuple[int, ...] = "all"
+    slots: str | None = None  # "0", "1+", "all", ... (ranks, 0 = largest weight)
+    renormalize: bool = False
+    shared: bool = False
+    random_control: bool = False
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.slots is None and not self.shared
+
+    @property
+    def name(self) -> str:
+        """Return a unique, readable label, e.g. ``"slots 0 | last:2 | renorm | random"``."""
+        if self.is_baseline:
+            return BASELINE
+        layers = self.layers if isinstance(self.layers, str) else "layers " + ",".join(map(str, self.layers))
+        parts = [f"slots {self.slots}" if self.slots else "", "shared" if self.shared else "", layers]
+        parts += ["renorm" if self.renormalize else "", "random" if self.random_control else ""]
+        return " | ".join(p for p in parts if p)
+
+    def ablate_kwargs(self) -> dict:
+        """Return the keyword arguments of :func:`ablate` for this condition."""
+        slots = None if self.slots is None else (int(self.slots) if self.slots.isdigit() else self.slots)
+        return dict(
+            layers=list(self.layers) if not isinstance(self.layers, str) else self.layers,
+            slots=slots,
+            renormalize=self.renormalize,
+            shared=self.shared,
+            random_control=self.random_control,
+        )
+
+    def columns(self) -> dict:
+        """Return the condition as table columns (``layers`` as text)."""
+        row = {"condition": self.name, **asdict(self)}
+        row["layers"] = "" if self.is_baseline else (self.layers if isinstance(self.layers, str) else ",".join(map(str, self.layers)))
+        row["slots"] = self.slots or ""
+        return row
+
+
+def grid_conditions(
+    moe_layers: Sequence[int], top_k: int, grid: str = "default", has_shared: bool = False
+) -> list[Condition]:
+    """Return the conditions of a grid, baseline first.
+
+    ``"default"``: layers all, first half, last half; slots 0 (top-1), 1+ and all; with and
+    without renormalising; each with its random control. ``slots="all"`` has neither a
+    renormalised variant (no weight is left) nor a distinct control (all k of k go either
+    way). ``"full"`` adds first 1 and last 1 layer, every single MoE layer (slots 0 and all),
+    and, where the family has them, the shared experts alone.
+    """
+    if grid not in ("default", "full"):
+        raise ValueError(f"grid={grid!r}: expected 'default' or 'full'")
+    n_layers = len(moe_layers)
+    half = max(1, n_layers // 2)
+    layer_specs = ["all", f"first:{half}", f"last:{half}"]
+    if grid == "full":
+        layer_specs += [spec for spec in ("first:1", "last:1") if spec not in layer_specs]
+    slot_specs = ["0", *(["1+"] if top_k > 1 else []), "all"]
+    conditions = [Condition(slots=None)]
+    for layers in layer_specs:
+        conditions += _slot_conditions(layers, slot_specs)
+    if grid == "full":
+        for layer in moe_layers:
+            conditions += _slot_conditions((layer,), ["0", "all"], renormalize=(False,))
+        if has_shared:
+            conditions += [Condition(layers=spec, shared=True) for spec in ("all", f"last:{half}")]
+    return conditions
+
+
+def _slot_conditions(layers, slot_specs, renormalize=(False, True)) -> list[Condition]:
+    conditions = []
+    for slots in slot_specs:
+        for renorm in renormalize if slots != "all" else (False,):
+            for control in (False, True) if slots != "all" else (False,):
+                conditions.append(Condition(layers, slots, renorm, random_control=control))
+    return conditions
+
+
+def start_layer(condition: Condition, moe_layers: Sequence[int]) -> int | None:
+    """Return the first decoder layer a condition changes (None for the baseline)."""
+    if condition.is_baseline:
+        return None
+    return min(select_layers(condition.ablate_kwargs()["layers"], moe_layers))
+
+
+# -- batches ------------------------------------------------------------------------------
+def encode_batches(
+    tokenizer, texts: Sequence[str], *, batch_size: int = 8, max_length: int | None = None, keep: str = "start"
+) -> list[dict]:
+    """Return right-padded batches of ``texts``, similar lengths together.
+
+    Each batch holds ``input_ids`` and ``attention_mask`` (row, pos) long tensors,
+    ``lengths`` and ``item`` (the texts' indices). Texts longer than ``max_length``
+    tokens keep their ``"start"`` (text) or their ``"end"`` (a prompt ending in its question).
+    """
+    encoded = tokenizer(list(texts), add_special_tokens=True)["input_ids"]
+    if max_length is not None:
+        encoded = [ids[:max_length] if keep == "start" else ids[-max_length:] for ids in encoded]
+    order = np.argsort([len(ids) for ids in encoded], kind="stable")
+    batches = []
+    for first in range(0, len(order), batch_size):
+        items = order[first : first + batch_size]
+        lengths = [len(encoded[i]) for i in items]
+        if min(lengths) < 2 and keep == "start":
+            raise ValueError(f"text {int(items[0])} has {min(lengths)} token(s): nothing to predict")
+        input_ids = torch.full((len(items), max(lengths)), tokenizer.pad_token_id or 0, dtype=torch.long)
+        attention_mask = torch.zeros_like(input_ids)
+        for row, i in enumerate(items):
+            input_ids[row, : lengths[row]] = torch.tensor(encoded[i])
+            attention_mask[row, : lengths[row]] = 1
+        batches.append(
+            {"input_ids": input_ids, "attention_mask": attention_mask, "lengths": np.array(lengths), "item": items}
+        )
+    return batches
+
+
+# -- running the grid ---------------------------------------------------------------------
+class _Prefix:
+    """Hooks keeping, in one baseline forward, what each decoder layer was called with."""
+
+    def __init__(self, model, keep_inputs_of: set[int], first: int):
+        self.calls: dict[int, tuple] = {}
+        self._handles = [
+            layer.register_forward_pre_hook(self._keep(i, i in keep_inputs_of), with_kwargs=True)
+            for i, layer in enumerate(decoder_layers(model))
+            if i >= first
+        ]
+
+    def _keep(self, index: int, keep_input: bool):
+        def hook(module, args, kwargs):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            rest = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+            self.calls[index] = (hidden if keep_input else None, args[1:], rest)
+
+        return hook
+
+    def remove(self):
+        for handle in self._handles:
+            handle.remove()
+
+
+def _run_from(model, prefix: _Prefix, start: int) -> torch.Tensor:
+    """Return the normed final hidden states, running the decoder layers from ``start`` on."""
+    layers = decoder_layers(model)
+    hidden = prefix.calls[start][0]
+    for index in range(start, len(layers)):
+        _, args, kwargs = prefix.calls[index]
+        out = layers[index](hidden, *args, **kwargs)
+        hidden = out[0] if isinstance(out, tuple) else out
+    return final_norm(model)(hidden)
+
+
+def _check_fired(ablation, condition: Condition) -> None:
+    silent = ablation.stats().query("n_calls == 0")["layer"].tolist()
+    if silent and (condition.slots is not None):
+        raise RuntimeError(
+            f"{condition.name}: the experts modules of layers {silent} were never called; a fused kernel "
+            "may replace them (e.g. transformers' hub kernels): load the model without kernels"
+        )
+
+
+def run_grid(
+    model,
+    batches: Sequence[dict],
+    conditions: Sequence[Condition],
+    score: Callable[[torch.nn.Module, torch.Tensor, dict], pd.DataFrame],
+    *,
+    reuse: bool = True,
+    seed: int = 0,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Return ``score``'s per-item rows for every condition and batch, condition columns first.
+
+    Parameters
+    ----------
+    batches : from :func:`encode_batches`.
+    score : ``score(model, normed, batch)`` maps the final normed hidden states (row, pos,
+        hidden) of a batch to one row per item.
+    reuse : run the layers below each condition's first ablated layer once per batch (see
+        the module docstring); False runs the whole model per condition. Same numbers.
+    seed : random controls use ``seed`` + batch index, so every batch draws afresh and both
+        modes draw alike.
+    """
+    moe_layers = find_moe_layers(model, family_of(model.config))
+    starts = {c: start_layer(c, moe_layers) for c in conditions}
+    used_starts = {s for s in starts.values() if s is not None}
+    device = next(model.parameters()).device
+    frames = []
+    bar = tqdm(total=len(batches) * len(conditions), desc="ablation grid", unit="run", disable=not progress)
+    for index, batch in enumerate(batches):
+        inputs = dict(
+            input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device), use_cache=False
+        )
+        with torch.inference_mode():
+            if reuse:
+                prefix = _Prefix(model, used_starts, min(used_starts, default=len(decoder_layers(model))))
+                try:
+                    baseline = base_model(model)(**inputs).last_hidden_state
+                finally:
+                    prefix.remove()
+            for condition in conditions:
+                if condition.is_baseline:
+                    normed = baseline if reuse else base_model(model)(**inputs).last_hidden_state
+                else:
+                    with ablate(model, **condition.ablate_kwargs(), seed=seed + index) as ablation:
+                        if reuse:
+                            normed = _run_from(model, prefix, starts[condition])
+                        else:
+                            normed = base_model(model)(**inputs).last_hidden_state
+                    _check_fired(ablation, condition)
+                rows = score(model, normed, batch)
+                frames.append(rows.assign(**condition.columns()))
+                bar.update()
+    bar.close()
+    table = pd.concat(frames, ignore_index=True)
+    first = list(Condition().columns())
+    return table[first + [c for c in table.columns if c not in first]]
+
+
+# -- scoring ------------------------------------------------------------------------------
+def letter_token_ids(tokenizer, context: str = "Answer:", letters: str = LETTERS) -> list[int]:
+    """Return the token id each answer letter gets when it follows ``context`` (" A", ...).
+
+    Found by tokenizing ``context`` with and without the letter: the letter must add one
+    token and leave the context's tokens alone, or scoring it at one position is wrong.
+    """
+    before = tokenizer(context, add_special_tokens=False)["input_ids"]
+    ids = []
+    for letter in letters:
+        after = tokenizer(f"{context} {letter}", add_special_tokens=False)["input_ids"]
+        if len(after) != len(before) + 1 or after[: len(before)] != before:
+            pieces = tokenizer.convert_ids_to_tokens(after[len(before) - 1 :])
+            raise ValueError(
+                f"answer letter ' {letter}' after {context!r} is not one token of its own for this tokenizer "
+                f"(it ends as {pieces}); multiple-choice scoring needs single-token letters"
+            )
+        ids.append(after[-1])
+    return ids
+
+
+def letter_scorer(letter_ids: Sequence[int], answers: Sequence[int]):
+    """Return a ``score`` for :func:`run_grid`: the letters' log-probabilities at the last token.
+
+    Rows: ``item``, ``answer`` (0-3), ``pred`` (the letter with the highest log-probability;
+    a tie goes to the first), ``correct``, and ``logprob_A`` ... (natural log, over the
+    whole vocabulary).
+    """
+    letter_ids = torch.as_tensor(list(letter_ids))
+    answers = np.asarray(answers)
+
+    def score(model, normed, batch):
+        rows = torch.arange(normed.shape[0], device=normed.device)
+        last = torch.as_tensor(batch["lengths"] - 1, device=normed.device)
+        logprobs = unembed(model, normed[rows, last]).log_softmax(dim=-1)
+        letters = logprobs[:, letter_ids.to(normed.device)].cpu().numpy()
+        pred = letters.argmax(axis=1)
+        answer = answers[batch["item"]]
+        table = pd.DataFrame({"item": batch["item"], "answer": answer, "pred": pred, "correct": pred == answer})
+        for j in range(letters.shape[1]):
+            table[f"logprob_{LETTERS[j]}"] = letters[:, j]
+        return table
+
+    return score
+
+
+def next_token_score(model, normed, batch) -> pd.DataFrame:
+    """A ``score`` for :func:`run_grid`: per text, ``nll_sum`` (nats) over ``n_predicted`` tokens."""
+    input_ids = batch["input_ids"].to(normed.device)
+    sums = []
+    for row, length in enumerate(batch["lengths"]):
+        logits = unembed(model, normed[row, : length - 1])
+        sums.append(torch.nn.functional.cross_entropy(logits, input_ids[row, 1:length], reduction="sum"))
+    return pd.DataFrame(
+        {"item": batch["item"], "nll_sum": torch.stack(sums).cpu().numpy(), "n_predicted": batch["lengths"] - 1}
+    )
+
+
+def score_multiple_choice(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    answers: Sequence[int],
+    conditions: Sequence[Condition],
+    *,
+    batch_size: int = 8,
+    max_length: int | None = None,
+    **grid_kwargs,
+) -> pd.DataFrame:
+    """Return per prompt and condition which letter the model prefers (see :func:`letter_scorer`).
+
+    ``prompts`` end where the answer letter comes ("...Answer:"); ``answers`` are 0-3.
+    Prompts longer than ``max_length`` tokens lose their beginning, never their question.
+    Other keyword arguments go to :func:`run_grid`.
+    """
+    if len(prompts) != len(answers):
+        raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")
+    bad = [a for a in answers if a not in range(len(LETTERS))]
+    if bad:
+        raise ValueError(f"answers must be 0-{len(LETTERS) - 1}; found {bad[0]!r}")
+    batches = encode_batches(tokenizer, prompts, batch_size=batch_size, max_length=max_length, keep="end")
+    return run_grid(model, batches, conditions, letter_scorer(letter_token_ids(tokenizer), answers), **grid_kwargs)
+
+
+def heldout_loss(
+    model,
+    tokenizer,
+    texts: Sequence[str],
+    conditions: Sequence[Condition],
+    *,
+    batch_size: int = 8,
+    max_length: int = 256,
+    **grid_kwargs,
+) -> pd.DataFrame:
+    """Return per text and condition the next-token loss (``nll_sum`` over ``n_predicted``).
+
+    Texts keep their first ``max_length`` tokens. Other keyword arguments go to :func:`run_grid`.
+    """
+    batches = encode_batches(tokenizer, texts, batch_size=batch_size, max_length=max_length)
+    return run_grid(model, batches, conditions, next_token_score, **grid_kwargs)
+
+
+# -- summaries with bootstrap intervals ---------------------------------------------------
+def bootstrap_summary(
+    results: pd.DataFrame,
+    numerator: str,
+    denominator: str | None = None,
+    by: Sequence[str] = (),
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> pd.DataFrame:
+    """Return per condition (and ``by`` group) sum(numerator)/sum(denominator) with intervals.
+
+    Items (``item``) are resampled with replacement, the same resamples for every condition
+    of a group, so ``delta`` (condition minus baseline) gets a paired interval.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``by`` columns, the condition columns, ``n_items``, ``value``, ``lo``, ``hi``,
+        ``delta``, ``delta_lo``, ``delta_hi`` (NaN where there is no baseline).
+    """
+    by = list(by)
+    alpha = (1 - level) / 2
+    condition_columns = list(Condition().columns())
+    described = results[condition_columns].drop_duplicates("condition")
+    frames = []
+    for key, group in results.groupby(by, sort=True) if by else [((), results)]:
+        num = group.pivot(index="item", columns="condition", values=numerator).astype(float)
+        den = (
+            group.pivot(index="item", columns="condition", values=denominator).astype(float)
+            if denominator
+            else pd.DataFrame(1.0, index=num.index, columns=num.columns)
+        )
+        if num.isna().any().any():
+            missing = num.columns[num.isna().any()].tolist()
+            raise ValueError(f"group {key}: conditions {missing} lack some items; every condition needs every item")
+        rng = np.random.default_rng(seed)
+        n_items = len(num)
+        # (boot, item) resample counts: a matrix product then gives every condition's sums
+        counts = np.stack([np.bincount(rng.integers(0, n_items, n_items), minlength=n_items) for _ in range(n_boot)])
+        boot = (counts @ num.to_numpy()) / (counts @ den.to_numpy())  # (boot, condition)
+        value = num.sum() / den.sum()
+        table = pd.DataFrame(
+            {
+                "condition": num.columns,
+                "n_items": n_items,
+                "value": value.to_numpy(),
+                "lo": np.quantile(boot, alpha, axis=0),
+                "hi": np.quantile(boot, 1 - alpha, axis=0),
+            }
+        )
+        if BASELINE in num.columns:
+            base = num.columns.get_loc(BASELINE)
+            paired = boot - boot[:, [base]]
+            table["delta"] = table["value"] - value[BASELINE]
+            table["delta_lo"] = np.quantile(paired, alpha, axis=0)
+            table["delta_hi"] = np.quantile(paired, 1 - alpha, axis=0)
+        else:
+            table[["delta", "delta_lo", "delta_hi"]] = np.nan
+        for column, part in zip(by, key if isinstance(key, tuple) else (key,)):
+            table.insert(0, column, part)
+        frames.append(table)
+    order = {name: i for i, name in enumerate(described["condition"])}
+    summary = pd.concat(frames, ignore_index=True).merge(described, on="condition")
+    summary = summary.sort_values([*by, "condition"], key=lambda s: s.map(order) if s.name == "condition" else s)
+    return summary[[*by, *condition_columns, *[c for c in summary.columns if c not in condition_columns + by]]].reset_index(drop=True)
+
+
+def summarize_accuracy(results: pd.DataFrame, by: Sequence[str] = (), **kwargs) -> pd.DataFrame:
+    """Return accuracy per condition (and ``by``: ``"subject"`` or ``"domain"``) with intervals.
+
+    Columns as :func:`bootstrap_summary`, ``value`` renamed ``accuracy``, plus ``chance`` (0.25).
+    """
+    summary = bootstrap_summary(results, "correct", None, by, **kwargs).rename(columns={"value": "accuracy"})
+    return summary.assign(chance=CHANCE)
+
+
+def summarize_loss(results: pd.DataFrame, by: Sequence[str] = ("domain",), **kwargs) -> pd.DataFrame:
+    """Return next-token loss (nats per token, pooled over texts) per condition and ``by``.
+
+    Columns as :func:`bootstrap_summary`, ``value`` renamed ``loss``.
+    """
+    return bootstrap_summary(results, "nll_sum", "n_predicted", by, **kwargs).rename(columns={"value": "loss"})
