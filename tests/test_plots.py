@@ -68,7 +68,7 @@ def test_saturation_and_polar_figures(trace):
 def test_crosslayer_figures(trace):
     flow = plots.meaning_flow_plot(crosslayer.meaning_flow(trace))
     assert flow.facet.vars == ["meaning"] and flow.mapping["xend"] == "next_layer"
-    js = plots.specialisation_js_plot(crosslayer.specialisation_js(trace, n_permutations=5))
+    js = plots.specialization_js_plot(crosslayer.specialization_js(trace, n_permutations=5))
     assert set(js.data["measure"]) == {"Context (meaning vs token)", "Token id (token vs all tokens)"}
     continuity = plots.expert_continuity_plot(crosslayer.expert_continuity(trace, n_permutations=3))
     for figure in (flow, js, continuity):
