@@ -70,3 +70,11 @@ def test_target_occurrences_errors_name_what_is_missing():
         crosslayer.target_occurrences(random_trace(50))
     with pytest.raises(ValueError, match="token_id 99"):
         crosslayer.target_occurrences(polysemous_trace(10), token_id=99)
+
+
+def test_several_target_tokens_need_a_token_id():
+    ds = polysemous_trace(20)
+    both = ds.assign_coords(is_target=("token", np.ones(ds.sizes["token"], bool)))
+    with pytest.raises(ValueError, match="pass token_id"):
+        crosslayer.meaning_flow(both)
+    assert set(crosslayer.meaning_flow(both, token_id=5)["meaning"]) == {"a", "b"}

@@ -72,3 +72,11 @@ def test_consecutive_topk_overlap_by_hand():
     row = distribution.consecutive_routing(make_trace(ids, 4)).iloc[0]
     assert row["topk_overlap"] == pytest.approx((0.5 + 1.0) / 2)
     assert row["p_any_shared"] == 1.0
+
+
+def test_weight_by_slot_keeps_layers_and_slots_apart():
+    # Layer 0 slot 0 weights 0.9, slot 1 0.1; layer 1 slot 0 0.6, slot 1 0.4.
+    weight = np.tile([[0.9, 0.1], [0.6, 0.4]], (5, 1, 1))
+    ds = make_trace(np.tile([[0, 1], [2, 3]], (5, 1, 1)), 4, weight, layers=[3, 7])
+    table = distribution.weight_by_slot(ds).set_index(["layer", "slot"])
+    assert table["median"].to_dict() == pytest.approx({(3, 0): 0.9, (3, 1): 0.1, (7, 0): 0.6, (7, 1): 0.4})

@@ -39,6 +39,19 @@ def target_occurrences(ds: xr.Dataset, token_id: int | None = None) -> xr.Datase
     return ds.isel(token=np.flatnonzero(mask))
 
 
+def one_token_occurrences(ds: xr.Dataset, token_id: int | None) -> xr.Dataset:
+    """Return the target occurrences of one token; without ``token_id`` the trace's
+    targets must all be the same token, since pooling several would mix their meanings."""
+    occ = target_occurrences(ds, token_id)
+    ids = np.unique(occ["token_id"].values)
+    if ids.size > 1:
+        raise ValueError(
+            f"trace of model {ds.attrs.get('model')!r}: targets hold {ids.size} token ids "
+            f"({ids[:10].tolist()}...); pass token_id= to choose one"
+        )
+    return occ
+
+
 def meaning_flow(ds: xr.Dataset, token_id: int | None = None) -> pd.DataFrame:
     """Return counts of top-1 expert transitions between consecutive layers, per meaning.
 
@@ -48,7 +61,7 @@ def meaning_flow(ds: xr.Dataset, token_id: int | None = None) -> pd.DataFrame:
         Columns meaning, layer, next_layer, expert, next_expert, n_tokens, share (of the
         meaning's occurrences), for every transition seen, over the target occurrences.
     """
-    occ = target_occurrences(ds, token_id)
+    occ = one_token_occurrences(ds, token_id)
     routes = top1(occ)  # (token, layer)
     meaning, meanings = label_codes(occ, "meaning")
     n_experts, layers = int(ds.attrs["n_experts"]), occ["layer"].values
@@ -118,7 +131,7 @@ def specialization_js(
     """
     rng = np.random.default_rng(seed)
     n_experts = int(ds.attrs["n_experts"])
-    occ = target_occurrences(ds, token_id)
+    occ = one_token_occurrences(ds, token_id)
     meaning, meanings = label_codes(occ, "meaning")
     keep = meaning >= 0
     ids = expert_ids(occ, n_slots)[keep]  # (occurrence, layer, slot)
