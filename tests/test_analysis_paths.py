@@ -97,3 +97,16 @@ def test_route_clusters_ami_is_chance_for_block_labels_on_random_routes():
     clusters = route_clusters.cluster_routes(ds, min_cluster_size=5)
     row = route_clusters.cluster_label_agreement(ds, clusters, labels=["domain"], n_permutations=50).iloc[0]
     assert abs(row["ami"]) < 0.01 and row["p_value"] > 0.05
+
+
+def test_path_context_correlation_detects_shared_structure_and_not_noise():
+    rng = np.random.default_rng(0)
+    group = rng.integers(0, 3, 300)
+    routes = np.stack([group, group, rng.integers(0, 4, 300)], axis=1)
+    ds = make_trace(routes, 4)
+    # Contexts near one of three directions, the same grouping as the routes.
+    embeddings = np.eye(3)[group] + 0.3 * rng.standard_normal((300, 3))
+    linked = route_clusters.path_context_correlation(ds, embeddings, n_permutations=50).iloc[0]
+    assert linked["spearman"] > 0.5 and linked["p_value"] < 0.05
+    unrelated = route_clusters.path_context_correlation(ds, rng.standard_normal((300, 3)), n_permutations=50)
+    assert abs(unrelated["spearman"].iloc[0]) < 0.05 and unrelated["p_value"].iloc[0] > 0.05

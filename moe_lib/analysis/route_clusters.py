@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 from scipy.spatial.distance import pdist, squareform
+from scipy.stats import rankdata
 from sklearn.cluster import HDBSCAN
 from sklearn.metrics import adjusted_mutual_info_score
 
@@ -97,3 +98,60 @@ def cluster_label_agreement(
             }
         )
     return pd.DataFrame(rows)
+
+
+def path_context_correlation(
+    ds: xr.Dataset,
+    embeddings: np.ndarray,
+    first_layer: int | None = None,
+    length: int | None = None,
+    max_tokens: int = 1500,
+    n_permutations: int = 200,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Return the rank correlation between route similarity and context similarity, with a
+    Mantel permutation test.
+
+    Route similarity of two tokens is the share of layers whose top-1 expert they share
+    (1 - Hamming distance); context similarity is the cosine of their context embeddings
+    (e.g. from a sentence encoder, computed by the caller). The test permutes which
+    embedding belongs to which token (rows and columns together), which keeps both
+    similarity structures and breaks only their link.
+
+    Parameters
+    ----------
+    embeddings : array (token, dim)
+        One embedding per token of ``ds`` (pass ``ds`` already reduced to the tokens of interest).
+
+    Returns
+    -------
+    DataFrame
+        One row: n_tokens, spearman, spearman_shuffled (mean), spearman_shuffled_q95, p_value.
+    """
+    embeddings = np.asarray(embeddings, dtype=np.float64)
+    if embeddings.shape[0] != ds.sizes["token"]:
+        raise ValueError(f"embeddings has {embeddings.shape[0]} rows for {ds.sizes['token']} tokens")
+    start, length = _window_start(ds, first_layer, length)
+    rng = np.random.default_rng(seed)
+    sample = rng.choice(ds.sizes["token"], min(max_tokens, ds.sizes["token"]), replace=False)
+    routes = top1(ds)[sample, start:start + length]
+    unit = embeddings[sample] / np.linalg.norm(embeddings[sample], axis=1, keepdims=True)
+    upper = np.triu_indices(sample.size, k=1)
+    route_rank = rankdata(1.0 - pdist(routes, metric="hamming"))
+    context_rank = squareform(rankdata((unit @ unit.T)[upper]), checks=False)
+
+    def correlation(order: np.ndarray) -> float:
+        # Permuting tokens permutes the context matrix; its entries' ranks move with them.
+        return float(np.corrcoef(route_rank, context_rank[np.ix_(order, order)][upper])[0, 1])
+
+    observed = correlation(np.arange(sample.size))
+    shuffled = np.array([correlation(rng.permutation(sample.size)) for _ in range(n_permutations)])
+    return pd.DataFrame(
+        [{
+            "n_tokens": int(sample.size),
+            "spearman": observed,
+            "spearman_shuffled": float(shuffled.mean()),
+            "spearman_shuffled_q95": float(np.quantile(shuffled, 0.95)),
+            "p_value": (1 + int((shuffled >= observed).sum())) / (1 + n_permutations),
+        }]
+    )
