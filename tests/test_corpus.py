@@ -68,6 +68,15 @@ def test_split_paragraphs_round_trips_code_exactly():
     assert [p for p, _ in pairs] == ["def f():\n    return 1", "class A:", "    x = 2\n"]
 
 
+def test_a_chunk_starting_inside_a_class_keeps_its_indentation():
+    method = "    def method(self):\n        return 1\n"
+    text = "class A:\n" + "\n".join([method] * 30)
+    chunks = chunk_paragraphs(split_paragraphs(text), target=200)
+    assert len(chunks) > 1
+    assert all(chunk.startswith("    def") for chunk in chunks[1:])
+    assert "\n\n".join(chunks) == text.rstrip()
+
+
 def test_duplicate_paragraphs_are_dropped_only_when_long():
     long = "A paragraph long enough to count as boilerplate when it repeats verbatim."
     seen = set()

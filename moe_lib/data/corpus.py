@@ -180,7 +180,9 @@ def chunk_paragraphs(paragraphs: list[tuple[str, str]],
             chunks[-1] += current
         else:
             chunks.append(current)
-    texts = ["".join(p + s for p, s in chunk).strip() for chunk in chunks]
+    # Only blank lines are trimmed at the start: a chunk that begins inside a class keeps
+    # the indentation of its first line.
+    texts = ["".join(p + s for p, s in chunk).lstrip("\n").rstrip() for chunk in chunks]
     return [t for t in texts if t]
 
 
