@@ -292,7 +292,7 @@ def letter_scorer(letter_ids: Sequence[int], answers: Sequence[int]):
         rows = torch.arange(normed.shape[0], device=normed.device)
         last = torch.as_tensor(batch["lengths"] - 1, device=normed.device)
         logprobs = unembed(model, normed[rows, last]).log_softmax(dim=-1)
-        letters = logprobs[:, letter_ids.to(normed.device)].cpu().numpy()
+        letters = logprobs[:, letter_ids.to(normed.device)].detach().cpu().numpy()
         pred = letters.argmax(axis=1)
         answer = answers[batch["item"]]
         table = pd.DataFrame({"item": batch["item"], "answer": answer, "pred": pred, "correct": pred == answer})
@@ -311,7 +311,7 @@ def next_token_score(model, normed, batch) -> pd.DataFrame:
         logits = unembed(model, normed[row, : length - 1])
         sums.append(torch.nn.functional.cross_entropy(logits, input_ids[row, 1:length], reduction="sum"))
     return pd.DataFrame(
-        {"item": batch["item"], "nll_sum": torch.stack(sums).cpu().numpy(), "n_predicted": batch["lengths"] - 1}
+        {"item": batch["item"], "nll_sum": torch.stack(sums).detach().cpu().numpy(), "n_predicted": batch["lengths"] - 1}
     )
 
 
