@@ -1,3 +1,22 @@
-"""moe_lib: capture, cache and analyse expert routing in Mixture-of-Experts language models."""
+"""moe_lib: capture, cache and analyse expert routing in Mixture-of-Experts language models.
+
+The names most sessions need::
+
+    model, tokenizer = moe_lib.load("olmoe-1b-7b", device="cuda")
+    with moe_lib.capture(model) as cap:      # hooks on the real routers
+        model(**batch)
+        record = cap.pop()
+    ds = moe_lib.collect_trace(model, tokenizer, texts)   # an xarray.Dataset
+"""
 
 __version__ = "0.1.0"
+
+# The function `capture` replaces the submodule of the same name as a package attribute:
+# `moe_lib.capture(model)` is the context manager; `from moe_lib.capture import ...` still
+# reaches the module through sys.modules.
+from moe_lib.capture import capture  # noqa: E402
+from moe_lib.models.registry import load  # noqa: E402
+from moe_lib.trace_store import open_trace  # noqa: E402
+from moe_lib.traces import collect_trace  # noqa: E402
+
+__all__ = ["capture", "collect_trace", "load", "open_trace", "__version__"]

@@ -122,3 +122,10 @@ def test_unsupported_family_error_lists_supported_ones():
 def test_pop_without_forward_is_an_error(any_family_model):
     with capture(any_family_model) as cap, pytest.raises(CaptureError, match="nothing recorded"):
         cap.pop()
+
+
+def test_package_exposes_capture_as_a_function():
+    import moe_lib
+    import moe_lib.capture  # noqa: F401  (the submodule import must not shadow the function)
+
+    assert callable(moe_lib.capture) and moe_lib.capture is capture
