@@ -22,6 +22,8 @@ COMMAND_MODULES = [
     "moe_lib.commands.info",
     "moe_lib.commands.corpus",
     "moe_lib.commands.tokenizer",
+    "moe_lib.commands.datasets",
+    "moe_lib.commands.vocab",
 ]
 
 
