@@ -106,6 +106,20 @@ def _looks_like_hub_id(source: str) -> bool:
     return source.count("/") == 1 and not source.startswith((".", "/")) and not Path(source).exists()
 
 
+def list_revisions(name_or_id: str) -> list[str]:
+    """Return a hub model's branches, e.g. OLMoE's training checkpoints (needs the hub).
+
+    OLMoE-1B-7B-0924 publishes its intermediate checkpoints as branches; trace one with
+    ``load(name, revision=branch)`` or ``python -m moe_lib trace ... --revision BRANCH``.
+    """
+    from huggingface_hub import list_repo_refs
+
+    source, _ = resolve(name_or_id)
+    if not _looks_like_hub_id(source):
+        raise ModelNotFoundError(f"{name_or_id}: a local model has no hub revisions")
+    return sorted(branch.name for branch in list_repo_refs(source).branches)
+
+
 def default_dtype(device: str) -> torch.dtype:
     """bf16 on accelerators (what the checkpoints ship in), fp32 on the CPU (exact checks)."""
     return torch.float32 if device == "cpu" else torch.bfloat16

@@ -8,6 +8,8 @@ steps) so the capture checks exercise them.
 
 from __future__ import annotations
 
+import importlib
+
 import torch
 import transformers
 
@@ -119,6 +121,7 @@ TINY_CONFIGS: dict[str, tuple[str, dict]] = {
             layer_types=["full_attention"] * 4,
         ),
     ),
+    "moe_crosslayer": ("moe_lib.models.cross_layer.CrossLayerConfig", dict(num_experts=8, routing_dim=8)),
     "ernie4_5_moe": (
         "Ernie4_5_MoeConfig",
         dict(num_experts=8, moe_intermediate_size=32, moe_num_shared_experts=1, head_dim=16),
@@ -132,6 +135,9 @@ def tiny_config(model_type: str, **overrides) -> transformers.PretrainedConfig:
         raise KeyError(f"no tiny config for {model_type!r}; have {sorted(TINY_CONFIGS)}")
     class_name, family_kwargs = TINY_CONFIGS[model_type]
     kwargs = {**_BASE, **family_kwargs, **overrides}
+    if "." in class_name:  # one of moe_lib's own configs
+        module_name, _, class_name = class_name.rpartition(".")
+        return getattr(importlib.import_module(module_name), class_name)(**kwargs)
     return getattr(transformers, class_name)(**kwargs)
 
 
@@ -151,7 +157,7 @@ def tiny_model(model_type: str, seed: int = 0, dtype=torch.float32, **overrides)
                 tensor.copy_(0.3 * torch.randn(tensor.shape, generator=generator))
         # Zero-initialised routers make every expert tie; real routers never do.
         for name, param in model.named_parameters():
-            if name.endswith(("gate.weight", "router.weight")) and param.dim() == 2:
+            if name.endswith(("gate.weight", "router.weight", "shared_router.weight")) and param.dim() == 2:
                 param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
     return model.eval()
 
