@@ -116,17 +116,17 @@ def random_trace(
         load = np.exp(profile_rng.standard_normal((n_layers, n_experts))).astype(np.float32)
         # Exponential race: the k smallest of Exp(1) / load_e are k distinct experts drawn
         # with probability ~ load (the Gumbel top-k trick without its two logarithms).
-        keys = rng.standard_exponential((size, n_layers, n_experts), dtype=np.float32) / load[None]
+        draws = rng.standard_exponential((size, n_layers, n_experts), dtype=np.float32)
+        # float32 Exp(1) draws can be exactly 0: the floor keeps logs and weights finite.
+        keys = np.maximum(draws, np.float32(1e-30)) / load[None]
         part = np.argpartition(keys, top_k - 1, axis=-1)[..., :top_k]
         chosen = np.take_along_axis(keys, part, axis=-1)
         order = np.argsort(chosen, axis=-1)
         if with_logits:
-            # Minus log keys as logits: the stored top-k is then exactly the top-k of them.
+            # Minus log keys as logits: the stored top-k is their top-k, up to float16 ties.
             logits.append((-np.log(keys)).astype(np.float16))
         ids.append(np.take_along_axis(part, order, axis=-1).astype(EXPERT_ID_DTYPE))
         chosen = np.take_along_axis(chosen, order, axis=-1)
-        # Exp(1) draws can be exactly 0 in float32; the floor keeps weights finite.
-        chosen = np.maximum(chosen, np.float32(1e-30))
         w = chosen[..., :1] / chosen  # falling with the slot, 1 at slot 0
         weights.append((w / w.sum(-1, keepdims=True)).astype(np.float32))
     token = np.arange(n_tokens)
