@@ -80,3 +80,12 @@ def test_weight_by_slot_keeps_layers_and_slots_apart():
     ds = make_trace(np.tile([[0, 1], [2, 3]], (5, 1, 1)), 4, weight, layers=[3, 7])
     table = distribution.weight_by_slot(ds).set_index(["layer", "slot"])
     assert table["median"].to_dict() == pytest.approx({(3, 0): 0.9, (3, 1): 0.1, (7, 0): 0.6, (7, 1): 0.4})
+
+
+def test_expert_ids_decoded_as_float_by_a_store_are_read_or_refused():
+    ds = make_trace(np.array([[0], [1], [1]]), 2)
+    decoded = ds.assign(expert_id=ds["expert_id"].astype(np.float32))  # as xarray's CF decoding gives
+    assert distribution.expert_load(decoded)["n_assignments"].tolist() == [1, 2]
+    missing = decoded.assign(expert_id=decoded["expert_id"].where(decoded["expert_id"] != 0))
+    with pytest.raises(ValueError, match="missing values"):
+        distribution.expert_load(missing)

@@ -110,3 +110,14 @@ def test_path_context_correlation_detects_shared_structure_and_not_noise():
     assert linked["spearman"] > 0.5 and linked["p_value"] < 0.05
     unrelated = route_clusters.path_context_correlation(ds, rng.standard_normal((300, 3)), n_permutations=50)
     assert abs(unrelated["spearman"].iloc[0]) < 0.05 and unrelated["p_value"].iloc[0] > 0.05
+
+
+def test_path_groups_of_a_token_subset_keep_their_contexts():
+    # Target "bank" at position 1 of three texts; its contexts come from the whole trace.
+    words = ["the", " bank", " of"] * 3
+    ds = make_trace(np.zeros((9, 2), int), 2, seq=np.repeat([0, 1, 2], 3), pos=np.tile([0, 1, 2], 3),
+                    token_id=[1, 2, 3] * 3, token_str=words)
+    target = np.array([False, True, False] * 3)
+    groups = paths.path_groups(ds, min_tokens=3, n_context=1, tokens=target)
+    assert groups["n_tokens"].tolist() == [3] and groups["top_token"].iloc[0] == " bank"
+    assert groups["examples"].iloc[0][0] == "the[[ bank]] of"

@@ -23,7 +23,15 @@ def expert_ids(ds: xr.Dataset, n_slots: int | None = None) -> np.ndarray:
     ids = ds["expert_id"]
     if n_slots is not None:
         ids = ids.isel(slot=slice(0, n_slots))
-    out = np.asarray(ids.transpose("token", "layer", "slot").values, dtype=np.int32)
+    values = ids.transpose("token", "layer", "slot").values
+    if np.issubdtype(values.dtype, np.floating):
+        # A store opened with CF decoding turns int16 + _FillValue into float with NaN.
+        if np.isnan(values).any():
+            raise ValueError(
+                f"trace of model {ds.attrs.get('model')!r}: expert_id holds missing values "
+                f"(decoded fill {EXPERT_ID_FILL}); drop those tokens before analysing"
+            )
+    out = np.asarray(values, dtype=np.int32)
     if (out == EXPERT_ID_FILL).any():
         raise ValueError(
             f"trace of model {ds.attrs.get('model')!r}: expert_id holds the fill value "

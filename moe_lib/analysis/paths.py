@@ -108,6 +108,7 @@ def path_groups(
     n_examples: int = 3,
     n_context: int = 8,
     max_groups: int | None = 200,
+    tokens: np.ndarray | None = None,
     seed: int = 0,
 ) -> pd.DataFrame:
     """Return the groups of tokens that share a path, with what their tokens have in common.
@@ -122,6 +123,9 @@ def path_groups(
         Token labels whose purity is reported, those the trace has.
     max_groups : int, optional
         Report only this many of the largest groups.
+    tokens : bool array (token,), optional
+        Group only these tokens (e.g. ``is_target``); contexts still come from the whole
+        trace, which a subset Dataset would lose.
 
     Returns
     -------
@@ -133,7 +137,8 @@ def path_groups(
         of ``n_examples`` contexts with the token marked [[ ]]).
     """
     start, length = _window_start(ds, first_layer, length)
-    routes = top1(ds)
+    selected = np.arange(ds.sizes["token"]) if tokens is None else np.flatnonzero(np.asarray(tokens, bool))
+    routes = top1(ds)[selected]
     code = path_codes(routes, start, length)
     sizes = np.bincount(code)
     groups = np.flatnonzero(sizes >= min_tokens)
@@ -144,7 +149,8 @@ def path_groups(
     group = rank[code[member]]
     representative = member[np.unique(group, return_index=True)[1]]
 
-    token_ids = np.asarray(ds["token_id"].values)[member]
+    position = selected[member]  # index of each member in ds
+    token_ids = np.asarray(ds["token_id"].values)[position]
     pairs = pd.DataFrame({"group": group, "token_id": token_ids}).value_counts().rename("n")
     pairs = pairs.reset_index()
     table = pd.DataFrame(
@@ -163,7 +169,7 @@ def path_groups(
         if name not in ds.coords:
             continue
         values, uniques = label_codes(ds, name)
-        values = values[member]
+        values = values[position]
         labelled = values >= 0
         counts = np.bincount(group[labelled] * len(uniques) + values[labelled],
                              minlength=groups.size * max(len(uniques), 1))
@@ -178,7 +184,7 @@ def path_groups(
     rng = np.random.default_rng(seed)
     order = np.lexsort((rng.random(member.size), group))
     first = pd.Series(group[order]).groupby(group[order]).cumcount().values < n_examples
-    picked = member[order][first]
+    picked = position[order][first]
     contexts = pd.Series(_contexts(ds, picked, n_context)).groupby(group[order][first]).agg(list)
     table["examples"] = contexts.reindex(np.arange(groups.size)).values
     return table
