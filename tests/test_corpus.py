@@ -1,8 +1,11 @@
 """Corpus building: pinned sources, archive reading, dedup, chunking, capping, the split."""
 
+import gzip
 import io
 import json
+import struct
 import tarfile
+import zlib
 
 import pytest
 
@@ -59,6 +62,31 @@ def _deb_with(tmp_path, files: dict[str, bytes]):
 def test_iter_archive_reads_a_debian_package_without_dpkg(tmp_path):
     path = _deb_with(tmp_path, {"usr/share/a.txt": b"alpha", "usr/share/b.bin": b"beta"})
     assert list(iter_archive(path, lambda n: n.endswith(".txt"))) == [("usr/share/a.txt", b"alpha")]
+
+
+def test_sword_ztext_cuts_chapters_and_drops_notes_and_tags(tmp_path):
+    book = ('<div type="book"/><title>Génesis</title><chapter sID="Gen.1"/>'
+            '<w lemma="x">En el principio</w><note>una nota</note><w>creó</w> Dios, '
+            '<w>los cielos</w><note>otra</note>.<chapter sID="Gen.2"/><w>Y fueron</w> acabados.')
+    block = zlib.compress(book.encode())
+    root = "usr/share/sword/modules/texts/ztext/toy/"
+    path = _deb_with(tmp_path, {
+        root + "ot.bzs": struct.pack("<III", 0, len(block), len(book.encode())),
+        root + "ot.bzz": block, root + "nt.bzs": b"", root + "nt.bzz": b"",
+    })
+    assert list(extract.sword_ztext(path, "toy")) == [
+        ("Gen.1", "En el principio creó Dios, los cielos."), ("Gen.2", "Y fueron acabados.")]
+
+
+def test_gcide_reads_entries_through_the_dictd_index(tmp_path):
+    body = b"header\nCat \\Cat\\, n.\n   A small animal.\n   [1913 Webster]\nDog \\Dog\\, n.\n"
+    # dictd numbers are base 64 with digits A-Z a-z 0-9 + /: Cat at 7 ("H"), 51 bytes
+    # long ("z"); Dog at 58 ("6"), 14 bytes ("O"). Two headwords share the Cat entry.
+    index = "00-database-info\tA\tH\ncat\tH\tz\nCat\tH\tz\ndog\t6\tO\n"
+    path = _deb_with(tmp_path, {"usr/share/dictd/gcide.dict.dz": gzip.compress(body),
+                                "usr/share/dictd/gcide.index": index.encode()})
+    assert list(extract.gcide(path)) == [
+        ("cat", "Cat \\Cat\\, n.\n   A small animal.\n"), ("dog", "Dog \\Dog\\, n.\n")]
 
 
 def test_split_paragraphs_round_trips_code_exactly():

@@ -1,7 +1,8 @@
 """Plain text out of each registry file: one generator per kind of source.
 
-Every extractor yields ``(location, text)`` pairs in a fixed order, where ``location`` says
-where in the package the text came from (a member path, a chapter, a headword range).
+Every extractor yields ``(location, text)`` pairs (``linux_doc`` adds the language) in a
+fixed order, where ``location`` says where in the package the text came from (a member
+path, a chapter, a headword).
 Markup is stripped here; splitting into documents of a few KB happens in ``corpus.py``.
 """
 

@@ -148,18 +148,18 @@ def _deb_data_tar(path: Path) -> tarfile.TarFile:
     A .deb is an ``ar`` archive: an 8-byte magic, then members with 60-byte headers
     (name 16, mtime 12, uid 6, gid 6, mode 8, size 10, magic 2), padded to even offsets.
     """
-    f = open(path, "rb")
-    if f.read(8) != b"!<arch>\n":
-        raise ValueError(f"{path}: not a Debian package (no ar magic)")
-    while header := f.read(60):
-        member = header[:16].decode().strip().rstrip("/")
-        size = int(header[48:58].decode().strip())
-        if member.startswith("data.tar"):
-            modes = {"data.tar.xz": "r|xz", "data.tar.gz": "r|gz", "data.tar": "r|"}
-            if member not in modes:
-                raise ValueError(f"{path}: unsupported compression of {member}")
-            return tarfile.open(fileobj=io.BytesIO(f.read(size)), mode=modes[member])
-        f.seek(size + size % 2, io.SEEK_CUR)
+    with open(path, "rb") as f:
+        if f.read(8) != b"!<arch>\n":
+            raise ValueError(f"{path}: not a Debian package (no ar magic)")
+        while header := f.read(60):
+            member = header[:16].decode().strip().rstrip("/")
+            size = int(header[48:58].decode().strip())
+            if member.startswith("data.tar"):
+                modes = {"data.tar.xz": "r|xz", "data.tar.gz": "r|gz", "data.tar": "r|"}
+                if member not in modes:
+                    raise ValueError(f"{path}: unsupported compression of {member}")
+                return tarfile.open(fileobj=io.BytesIO(f.read(size)), mode=modes[member])
+            f.seek(size + size % 2, io.SEEK_CUR)
     raise ValueError(f"{path}: Debian package without a data.tar member")
 
 
