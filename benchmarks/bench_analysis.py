@@ -4,7 +4,7 @@
 
 The trace is seeded random routing (skewed per-layer loads, texts of 512 tokens, a vocabulary
 of 8,192 ids, three domains, one polysemantic token with two meanings), built by
-tests/helpers_traces.py. Timings are wall-clock seconds of one call each, single process.
+tests/helpers_traces.py. Timings are wall-clock seconds of one call (the fastest of --repeats), single process.
 """
 
 from __future__ import annotations
@@ -97,6 +97,8 @@ def main(argv=None) -> int:
                         help="also store router_logits (float16, 128 bytes per token-layer at 64 "
                              "experts) and time the entropy from them")
     parser.add_argument("--only", default=None, help="time only analyses whose name contains this")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="calls per analysis; the fastest is kept (the CPU may be shared)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
@@ -112,9 +114,12 @@ def main(argv=None) -> int:
         todo = [(name, call) for name, call in filter(None, analyses(ds, earlier))
                 if args.only is None or args.only in name]
         for name, call in tqdm(todo, desc=f"{n_tokens:,} tokens"):
-            start = time.perf_counter()
-            call()
-            results[(name, n_tokens)] = time.perf_counter() - start
+            seconds = []
+            for _ in range(args.repeats):
+                start = time.perf_counter()
+                call()
+                seconds.append(time.perf_counter() - start)
+            results[(name, n_tokens)] = min(seconds)
     table = pd.Series(results).unstack()
     table.columns = [f"{n:,} tokens (s)" for n in table.columns]
     print(f"\n{args.layers} layers, top-{args.top_k} of {args.experts} experts\n")

@@ -325,6 +325,28 @@ def tv_distance_plot(table: pd.DataFrame, label: str = "domain") -> ggplot:
     )
 
 
+def vocabulary_specialization_plot(table: pd.DataFrame) -> ggplot:
+    """Return per layer the occurrence-weighted mean vocabulary specialization against the
+    shuffled-id baseline, from ``vocabulary_specialization``."""
+    weights = table["n_occurrences"]
+    summary = (
+        table.assign(observed=table["specialization"] * weights,
+                     chance=table["specialization_shuffled"] * weights, weight=weights)
+        .groupby("layer", as_index=False)[["observed", "chance", "weight"]].sum()
+    )
+    summary[["observed", "chance"]] = summary[["observed", "chance"]].div(summary["weight"], axis=0)
+    long = observed_and_chance(summary, {"Vocabulary specialization": ("observed", "chance")})
+    return (
+        ggplot(long, aes(x="layer", y="value", linetype="kind"))
+        + geom_line()
+        + geom_point()
+        + scale_linetype_manual(values=OBSERVED_VS_CHANCE, name="")
+        + scale_x_layer(summary["layer"])
+        + labs(x="MoE layer (index)", y="Share of a token id's occurrences on its top expert")
+        + theme_moe()
+    )
+
+
 def coactivation_heatmap(table: pd.DataFrame, layer: int, value: str = "p_j_given_i") -> ggplot:
     """Return a heatmap of co-activation P(E_j | E_i) (or ``lift``) for one layer, from
     ``coactivation``; the diagonal is empty."""

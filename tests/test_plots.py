@@ -91,3 +91,13 @@ def test_axis_titles_are_words():
     ds = make_trace(np.array([[0, 1], [1, 0]]), 2)
     figure = plots.expert_load_plot(distribution.expert_load(ds))
     assert figure.labels.x == "Expert (index)"
+
+
+def test_vocabulary_specialization_summary_is_occurrence_weighted():
+    # Layer 0: token 1 (3 occurrences) always on expert 0, token 2 once: weighted mean 1.
+    # Layer 1: token 1 on 1, 1, 0 (2/3), token 2 once (1): (3 * 2/3 + 1) / 4 = 3/4.
+    ds = make_trace(np.array([[0, 1], [0, 1], [0, 0], [1, 0]]), 2, token_id=[1, 1, 1, 2])
+    figure = plots.vocabulary_specialization_plot(specialization.vocabulary_specialization(ds, min_count=1))
+    observed = figure.data[figure.data["kind"] == "observed"]["value"]
+    assert observed.tolist() == pytest.approx([1.0, 0.75])
+    drawn(figure)

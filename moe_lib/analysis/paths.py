@@ -17,7 +17,7 @@ from moe_lib.analysis.common import entropy_bits, label_codes, top1
 LABELS = ("meaning", "domain", "language")
 
 
-def _window_start(ds: xr.Dataset, first_layer: int | None, length: int | None) -> tuple[int, int]:
+def window_start(ds: xr.Dataset, first_layer: int | None, length: int | None) -> tuple[int, int]:
     """Return (position of first_layer along ``layer``, length), defaulting to all layers."""
     layers = list(ds["layer"].values)
     start = 0 if first_layer is None else layers.index(first_layer) if first_layer in layers else -1
@@ -136,7 +136,7 @@ def path_groups(
         group's labelled tokens) and ``<label>_n`` (labelled tokens), and examples (a list
         of ``n_examples`` contexts with the token marked [[ ]]).
     """
-    start, length = _window_start(ds, first_layer, length)
+    start, length = window_start(ds, first_layer, length)
     selected = np.arange(ds.sizes["token"]) if tokens is None else np.flatnonzero(np.asarray(tokens, bool))
     routes = top1(ds)[selected]
     code = path_codes(routes, start, length)
@@ -205,7 +205,7 @@ def paths_to_cover(
         Columns <label>, n_tokens, n_paths_seen, and n_paths_<pct> for each share (the
         fewest distinct paths, most common first, that hold that share of its tokens).
     """
-    start, length = _window_start(ds, first_layer, length)
+    start, length = window_start(ds, first_layer, length)
     code = path_codes(top1(ds), start, length)
     values, uniques = label_codes(ds, label)
     rows = []

@@ -16,7 +16,7 @@ from sklearn.cluster import HDBSCAN
 from sklearn.metrics import adjusted_mutual_info_score
 
 from moe_lib.analysis.common import label_codes, top1
-from moe_lib.analysis.paths import LABELS, _window_start
+from moe_lib.analysis.paths import LABELS, window_start
 
 
 def cluster_routes(
@@ -35,7 +35,7 @@ def cluster_routes(
         Columns token (index into ``ds``'s token dim), cluster (-1 = noise), and the path
         (experts joined by "-").
     """
-    start, length = _window_start(ds, first_layer, length)
+    start, length = window_start(ds, first_layer, length)
     routes = top1(ds)[:, start:start + length]
     rng = np.random.default_rng(seed)
     n_tokens = routes.shape[0]
@@ -131,7 +131,7 @@ def path_context_correlation(
     embeddings = np.asarray(embeddings, dtype=np.float64)
     if embeddings.shape[0] != ds.sizes["token"]:
         raise ValueError(f"embeddings has {embeddings.shape[0]} rows for {ds.sizes['token']} tokens")
-    start, length = _window_start(ds, first_layer, length)
+    start, length = window_start(ds, first_layer, length)
     rng = np.random.default_rng(seed)
     sample = rng.choice(ds.sizes["token"], min(max_tokens, ds.sizes["token"]), replace=False)
     routes = top1(ds)[sample, start:start + length]
