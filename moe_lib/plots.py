@@ -91,6 +91,26 @@ def observed_and_chance(table: pd.DataFrame, measures: dict[str, tuple[str, str]
     return pd.concat(parts, ignore_index=True)
 
 
+def observed_vs_chance_plot(long: pd.DataFrame, y_title: str, colour: str | None = None,
+                            x_title: str = "MoE layer (index)") -> ggplot:
+    """Return lines of ``value`` by layer from ``observed_and_chance`` output: observed
+    solid, chance dashed, optionally coloured by one column."""
+    mapping = aes(x="layer", y="value", linetype="kind", colour=colour) if colour else \
+        aes(x="layer", y="value", linetype="kind")
+    figure = (
+        ggplot(long, mapping)
+        + geom_line()
+        + geom_point()
+        + scale_linetype_manual(values=OBSERVED_VS_CHANCE, name="")
+        + scale_x_layer(long["layer"])
+        + labs(x=x_title, y=y_title)
+        + theme_moe()
+    )
+    if colour:
+        figure += scale_colour_brewer(type="qual", palette=LABEL_PALETTE, name="" if colour == "measure" else colour)
+    return figure
+
+
 def weight_by_slot_plot(table: pd.DataFrame) -> ggplot:
     """Return boxplots of routing weight by slot, faceted by layer, from ``weight_by_slot``.
 
@@ -145,16 +165,7 @@ def consecutive_routing_plot(table: pd.DataFrame) -> ggplot:
         "Same top-1 expert": ("p_same_top1", "p_same_top1_chance"),
         "Top-k overlap |A∩B|/k": ("topk_overlap", "topk_overlap_chance"),
     })
-    return (
-        ggplot(long, aes(x="layer", y="value", linetype="kind"))
-        + geom_line()
-        + geom_point()
-        + facet_wrap("measure")
-        + scale_linetype_manual(values=OBSERVED_VS_CHANCE, name="")
-        + labs(x="MoE layer (index)", y="Share of adjacent token pairs")
-        + scale_x_layer(table["layer"])
-        + theme_moe()
-    )
+    return observed_vs_chance_plot(long, "Share of adjacent token pairs") + facet_wrap("measure")
 
 
 def saturation_plot(table: pd.DataFrame, x: str = "checkpoint", x_title: str = "Training tokens") -> ggplot:
@@ -247,31 +258,15 @@ def specialization_js_plot(table: pd.DataFrame) -> ggplot:
         "Context (meaning vs token)": ("context_js", "context_js_shuffled"),
         "Token id (token vs all tokens)": ("token_js", "token_js_random"),
     })
-    return (
-        ggplot(long, aes(x="layer", y="value", colour="measure", linetype="kind"))
-        + geom_line()
-        + geom_point()
-        + scale_linetype_manual(values=OBSERVED_VS_CHANCE, name="")
-        + scale_colour_brewer(type="qual", palette=LABEL_PALETTE, name="")
-        + labs(x="MoE layer (index)", y="Jensen-Shannon distance (base 2, 0-1)")
-        + scale_x_layer(table["layer"])
-        + theme_moe()
-    )
+    return observed_vs_chance_plot(long, "Jensen-Shannon distance (base 2, 0-1)", colour="measure")
 
 
 def expert_continuity_plot(table: pd.DataFrame) -> ggplot:
     """Return the NMI between consecutive layers' top-1 experts against the shuffled
     baseline, from ``expert_continuity``."""
     long = observed_and_chance(table, {"NMI": ("nmi", "nmi_shuffled")})
-    return (
-        ggplot(long, aes(x="layer", y="value", linetype="kind"))
-        + geom_line()
-        + geom_point()
-        + scale_linetype_manual(values=OBSERVED_VS_CHANCE, name="")
-        + labs(x="MoE layer l (index; pair l, l+1)", y="Normalised mutual information (0-1)")
-        + scale_x_layer(table["layer"])
-        + theme_moe()
-    )
+    return observed_vs_chance_plot(long, "Normalised mutual information (0-1)",
+                                   x_title="MoE layer l (index; pair l, l+1)")
 
 
 def path_heatmap(windows: pd.DataFrame, value: str = "normalised_entropy") -> ggplot:
@@ -313,16 +308,7 @@ def tv_distance_plot(table: pd.DataFrame, label: str = "domain") -> ggplot:
     """Return each label value's TV distance from the pooled routing per layer, with the
     shuffled-label baseline dashed, from ``domain_tv_distance``."""
     long = observed_and_chance(table, {"TV distance": ("tv_distance", "tv_shuffled")})
-    return (
-        ggplot(long, aes(x="layer", y="value", colour=label, linetype="kind"))
-        + geom_line()
-        + geom_point()
-        + scale_linetype_manual(values=OBSERVED_VS_CHANCE, name="")
-        + scale_colour_brewer(type="qual", palette=LABEL_PALETTE)
-        + labs(x="MoE layer (index)", y="Total-variation distance from pooled (0-1)")
-        + scale_x_layer(table["layer"])
-        + theme_moe()
-    )
+    return observed_vs_chance_plot(long, "Total-variation distance from pooled (0-1)", colour=label)
 
 
 def vocabulary_specialization_plot(table: pd.DataFrame) -> ggplot:
@@ -336,15 +322,7 @@ def vocabulary_specialization_plot(table: pd.DataFrame) -> ggplot:
     )
     summary[["observed", "chance"]] = summary[["observed", "chance"]].div(summary["weight"], axis=0)
     long = observed_and_chance(summary, {"Vocabulary specialization": ("observed", "chance")})
-    return (
-        ggplot(long, aes(x="layer", y="value", linetype="kind"))
-        + geom_line()
-        + geom_point()
-        + scale_linetype_manual(values=OBSERVED_VS_CHANCE, name="")
-        + scale_x_layer(summary["layer"])
-        + labs(x="MoE layer (index)", y="Share of a token id's occurrences on its top expert")
-        + theme_moe()
-    )
+    return observed_vs_chance_plot(long, "Share of a token id's occurrences on its top expert")
 
 
 def coactivation_heatmap(table: pd.DataFrame, layer: int, value: str = "p_j_given_i") -> ggplot:
