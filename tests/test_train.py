@@ -194,3 +194,20 @@ def test_probe_trace_of_a_checkpoint_is_cached_with_its_identity(data_dirs, tmp_
     assert np.array_equal(again.expert_id.values, trace.expert_id.values)
     other = trace_checkpoint(checkpoints.step_dir(run_dir / "checkpoints", 2), **kwargs)["domains"]
     assert other.attrs["cache_key"] != trace.attrs["cache_key"]
+
+
+def test_baselines_are_scored_on_the_runs_own_eval_text(data_dirs, tmp_path):
+    from moe_lib.run_report import baselines_on_eval_text, expert_balance, final_comparison
+
+    run_dir = _train("standard", data_dirs, tmp_path / "run")
+    baselines = baselines_on_eval_text(run_dir, *data_dirs)
+    metrics = pd.read_csv(run_dir / "metrics.csv")
+    last = metrics[metrics.step == metrics.step.max()].set_index("domain")
+    counts = baselines[baselines.model == "unigram"].set_index("domain").n_tokens
+    # The same tokens: the model predicts all but the first of each block, n-grams all.
+    n_blocks = last.n_tokens / (standard.PRESETS["tiny"].seq_len - 1)
+    assert np.allclose(counts[last.index], last.n_tokens + n_blocks)
+    wide = final_comparison(run_dir, baselines).set_index("domain")
+    assert (wide.bigram_interpolated < wide.unigram).all()  # held-out text: bigrams help
+    assert wide.loc["all", "model"] == pytest.approx(last.loc["all", "val_loss"])
+    assert len(expert_balance(run_dir)) == standard.PRESETS["tiny"].n_layers
