@@ -29,7 +29,7 @@ RULES: dict[str, list[Rule]] = {
              "line", CODE, r"^\s*[a-z_][\w.]*: [A-Za-z_][\w.]*(\[[\w., |\[\]]*\])?( \| [\w.]+)*( = .*)?$",
              r"^\s*(def|class|if|elif|else|for|while|with|try|except|finally|lambda|return)\b"),
         Rule("prose colon", "prose: introduces a list, a quotation or an explanation",
-             "sentence", PROSE, r"[a-z]: [\"A-Za-z]", RST_MARKUP),
+             "sentence", PROSE, r"[a-z]: [\"A-Za-z]", RST_MARKUP + r"|^(Syn|Note|Usage|See)\b"),
     ],
     "#": [
         Rule("python comment", "Python: starts a comment on its own line",
@@ -119,7 +119,7 @@ RULES: dict[str, list[Rule]] = {
     ],
     " bank": [
         Rule("finance", "an institution that keeps and lends money",
-             "sentence", SPEECH, r"."),
+             "sentence", SPEECH, r".", r"\b(river|Rio|shore|stream|creek|left bank|right bank|east bank|west bank)\b"),
         Rule("river bank", "the sloping land beside water, or a mass of sand, cloud or snow",
              "sentence", LITERARY,
              r"\b(river|stream|sea|shore|water|sand|fog|cloud|snow|grass|green|ocean|lake|fish\w*|mud|steep|earth|Newfoundland|side)\w*\b",
@@ -179,8 +179,13 @@ RULES: dict[str, list[Rule]] = {
         Rule("advantage", "what is good for someone (the public interest, in the interest of)",
              "sentence", SPEECH, r"\b((public|national|common|best|general|own|his|their|our) interest|in the interest of)\b"),
         Rule("curiosity", "attention, concern or curiosity about something",
-             "sentence", SPEECH | LITERARY, r"\b(interest (in|to)|with (great |much |deep )?interest|of interest)\b",
-             r"\b(rates?|debt\w*|loans?|bonds?|per cent|percent|burden|paid|pay\w*|charges?|principal|treasury|money)\b"),
+             "sentence", SPEECH | LITERARY,
+             r"\bwith (great |much |deep |lively |keen |intense )?interest\b"
+             r"|\b(great|deep|keen|lively|special|particular|much|little|no|an|of|general|public|growing) interest in\b"
+             r"|\bof interest to\b",
+             r"\b(rates?|debt\w*|loans?|bonds?|per cent|percent|burden|paid|pay\w*|charges?|principal|treasury|money)\b"
+             r"|\b(pecuniary|real|financial|own|their|our|his|her|its|vested|controlling) interest\b"
+             r"|\binterest in the (company|firm|property|land|business|estate|stock|road|enterprise)\b"),
     ],
     " return": [
         Rule("return statement", "Python: gives a function's result back to its caller",
