@@ -162,3 +162,16 @@ def test_capture_ids_and_weights_rebuild_the_moe_output(recipe):
                         weight = torch.as_tensor(record.weight[rows, column, slot])[:, None]
                         rebuilt[rows] += weight * _expert_output(experts, hidden[rows], expert)
         torch.testing.assert_close(rebuilt, real, rtol=1e-5, atol=1e-6)
+
+
+def test_cached_decoding_matches_a_full_forward():
+    """generate() relies on the KV cache: the routing stream is per token, so caching keys suffices."""
+    model = _model("cross-layer")
+    _perturb_offsets(model)
+    ids = _ids()
+    with torch.no_grad():
+        full = model(ids).logits[:, -1]
+        prefix = model(ids[:, :-1], use_cache=True)
+        assert prefix.cache is not None and prefix.cache.get_seq_length() == ids.shape[1] - 1
+        step = model(ids[:, -1:], cache=prefix.cache).logits[:, -1]
+    torch.testing.assert_close(step, full, rtol=1e-5, atol=1e-5)
