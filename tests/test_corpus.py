@@ -41,6 +41,15 @@ def test_matching_sha256_passes_and_missing_file_says_how_to_fetch(tmp_path):
     assert not (tmp_path / source.filename).exists()
 
 
+def test_failed_fetch_names_the_package_and_command(tmp_path, monkeypatch):
+    # An unknown package fails inside apt-get (or apt-get is absent): no download happens.
+    fake = Source("no-such-package-moe-lib", "0.0", "debian", "fake.deb", "0" * 64, "-")
+    monkeypatch.setitem(SOURCES, "fake", fake)
+    with pytest.raises(RuntimeError, match="could not fetch no-such-package-moe-lib==0.0 with "
+                                           "`apt-get download no-such-package-moe-lib=0.0`"):
+        fetch_sources(tmp_path, ["fake"])
+
+
 def _deb_with(tmp_path, files: dict[str, bytes]):
     """Write a minimal Debian package (ar archive holding data.tar.xz) with ``files``."""
     data = io.BytesIO()

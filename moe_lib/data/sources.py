@@ -137,7 +137,13 @@ def fetch_sources(sources_dir: Path, names: list[str], fetch: bool = True) -> di
         source = SOURCES[name]
         path = sources_dir / source.filename
         if fetch and not path.is_file():
-            subprocess.run(fetch_command(source), cwd=sources_dir, check=True)
+            command = fetch_command(source)
+            try:
+                subprocess.run(command, cwd=sources_dir, check=True)
+            except (OSError, subprocess.CalledProcessError) as error:
+                raise RuntimeError(
+                    f"{path}: could not fetch {source.name}=={source.version} with "
+                    f"`{' '.join(map(str, command))}` in {sources_dir}: {error}") from error
         paths[name] = verify_source(path, source)
     return paths
 
