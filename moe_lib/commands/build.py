@@ -1,0 +1,142 @@
+"""`python -m moe_lib build`: everything the site reads, from nothing, each step cached.
+
+Steps, each skipped when its result exists: the corpus, the tokenizer, the committed
+domain probe (rewritten from the corpus so its fingerprint follows the corpus), both
+default models (trained or resumed, tracing the probes at every checkpoint), every probe
+trace the chapters read, and every analysis table: the cells labelled ``data`` of
+``index.qmd`` and ``chapters/*.qmd`` run in-process with the chapter's parameters, so the
+build computes exactly what the chapters will read, without rendering anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import time
+from pathlib import Path
+
+from moe_lib.models.registry import PROJECT_ROOT
+
+RECIPE_NAMES = ("standard", "cross-layer")
+CELL = re.compile(r"^```\{python\}[^\n]*\n(.*?)^```\s*$", re.S | re.M)
+INCLUDE = re.compile(r"\{\{<\s*include\s+(\S+)\s*>\}\}")
+LABEL = re.compile(r"^#\|\s*label:\s*(\S+)\s*$", re.M)
+TAGS = re.compile(r"^#\|\s*tags:\s*\[([^\]]*)\]", re.M)
+
+
+def add_command(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "build",
+        help="build corpus, tokenizer, both models, their traces and every analysis the site reads",
+        description="Build, from nothing, what `quarto render` needs: corpus and tokenizer (if "
+        "missing), the domain probe file, the standard and cross-layer models (trained or resumed), "
+        "the probe traces of every checkpoint and the analysis tables of every chapter (the cells "
+        "labelled `data`). Each step is cached; a second run finds everything and returns quickly.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--preset", choices=["default", "tiny"], default="default",
+                        help="model preset: the site's default models, or the tiny test models")
+    parser.add_argument("--skip-train", action="store_true",
+                        help="do not train: use the saved checkpoints and cached traces as they are")
+    parser.add_argument("--threads", type=int, help="torch threads for training (unset: torch's choice)")
+    parser.add_argument("--chapters", nargs="*", type=Path,
+                        help="chapter files whose data cells to run (default: index.qmd and chapters/*.qmd)")
+    parser.set_defaults(func=run)
+
+
+def chapter_files() -> list[Path]:
+    """Return the site's pages whose data the build computes: index.qmd, then chapters/*.qmd."""
+    return [PROJECT_ROOT / "index.qmd", *sorted((PROJECT_ROOT / "chapters").glob("*.qmd"))]
+
+
+def expand_includes(text: str, path: Path) -> str:
+    """Return ``text`` with every ``{{< include >}}`` shortcode replaced by the file (recursively).
+
+    A path starting with ``/`` is relative to the project root, as in Quarto, otherwise
+    to ``path``'s folder.
+    """
+
+    def replace(match: re.Match) -> str:
+        target = match.group(1)
+        file = PROJECT_ROOT / target.lstrip("/") if target.startswith("/") else Path(path).parent / target
+        if not file.is_file():
+            raise FileNotFoundError(f"{path}: include {target!r} not found at {file}")
+        return expand_includes(file.read_text(encoding="utf-8"), file)
+
+    return INCLUDE.sub(replace, text)
+
+
+def data_cells(path: Path) -> list[str]:
+    """Return the sources of a chapter's cells that compute data, in order.
+
+    Those are the cell tagged ``parameters``, the ``setup`` cell (from the shared include)
+    and every cell labelled ``data``: the chapter pattern of ``chapters/README.md``.
+    """
+    chosen = []
+    for match in CELL.finditer(expand_includes(path.read_text(encoding="utf-8"), path)):
+        source = match.group(1)
+        label = LABEL.search(source)
+        tags = TAGS.search(source)
+        if (label and label.group(1) in ("setup", "data")) or (tags and "parameters" in tags.group(1)):
+            chosen.append(source)
+    return chosen
+
+
+def run_chapter_data(path: Path, parameters: dict) -> None:
+    """Execute a chapter's data cells in a fresh namespace, ``parameters`` overriding its own."""
+    namespace: dict = {"__name__": f"chapter_data_{path.stem}"}
+    for source in data_cells(path):
+        exec(compile(source, f"{path}:data", "exec"), namespace)  # noqa: S102  our own chapters
+        if re.search(r"tags:\s*\[[^\]]*parameters", source):
+            namespace.update(parameters)
+
+
+def _step(title: str) -> float:
+    print(f"[build] {title}", flush=True)
+    return time.perf_counter()
+
+
+def _done(start: float) -> None:
+    print(f"[build]   done in {time.perf_counter() - start:.1f} s", flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    from moe_lib import cli, site
+    from moe_lib.site_probes import write_domain_probe
+
+    corpus, tokenizer = PROJECT_ROOT / "datasets" / "corpus", PROJECT_ROOT / "datasets" / "tokenizer"
+    models = [f"{recipe}-{args.preset}" for recipe in RECIPE_NAMES]
+    if not (corpus / "train.jsonl").is_file() and not args.skip_train:
+        start = _step("corpus: building datasets/corpus from the registries")
+        if cli.main(["corpus", "--out", str(corpus)]):
+            return 1
+        _done(start)
+    if not (tokenizer / "tokenizer.json").is_file():
+        start = _step("tokenizer: training datasets/tokenizer")
+        if cli.main(["tokenizer", "--corpus", str(corpus), "--out", str(tokenizer)]):
+            return 1
+        _done(start)
+    if (corpus / "validation.jsonl").is_file():
+        start = _step("domain probe: datasets/probe/domains.jsonl from the validation split")
+        print(f"[build]   fingerprint {write_domain_probe(corpus / 'validation.jsonl')}")
+        _done(start)
+    for recipe in RECIPE_NAMES if not args.skip_train else ():
+        start = _step(f"model {recipe}-{args.preset}: training or resuming (checkpoints traced as they come)")
+        argv = ["train", recipe, "--preset", args.preset, "--out", str(site.models_dir() / f"{recipe}-{args.preset}")]
+        if args.threads:
+            argv += ["--threads", str(args.threads)]
+        if cli.main(argv):
+            return 1
+        _done(start)
+    for model in models:
+        start = _step(f"traces of {model}: domains probe at every checkpoint, contextual probe at the final one")
+        site.checkpoints(model, "domains")
+        site.trace(model, "contextual")
+        _done(start)
+    for path in args.chapters or chapter_files():
+        start = _step(f"analyses of {path.relative_to(PROJECT_ROOT) if path.is_absolute() else path}")
+        run_chapter_data(Path(path), {"models": models} if args.preset != "default" else {})
+        _done(start)
+    stores = site.provenance()
+    print(f"[build] {len(stores)} cache stores in use; all cached. Now run `quarto render`.")
+    return 0

@@ -1,0 +1,385 @@
+"""What the site's chapters call: model lists, probe traces and analysis tables, all cached.
+
+A chapter cell stays one line because everything it needs is here::
+
+    from moe_lib import site
+    site.models(models)                      # the chapter's params, plus other cached models
+    site.trace("standard-default")           # the final checkpoint's trace of the domains probe
+    site.checkpoints("standard-default")     # {training tokens: trace} for every checkpoint
+    site.table("load", ds, distribution.load_balance)   # an analysis, cached by its inputs
+    site.provenance()                        # the cache keys and versions used so far
+
+Stores are found by identity, never by name alone: a trace's identity is computed from
+code and committed files only (recipe hash and checkpoint schedule from
+:mod:`moe_lib.train`, the probe texts from ``datasets/probe/`` and
+``datasets/contextual-tokens/``), exactly as :mod:`moe_lib.probe_traces` builds it during
+training, so a fresh clone without corpus or weights finds the committed stores, and a
+store made from other code or data has another key and is never served. A missing store
+is made: hub models are loaded (``MOE_LIB_DEVICE`` picks the device) and traced; the
+project's own models are traced from saved checkpoints, the ``*-tiny`` test presets
+trained first if need be; otherwise the error says to run ``python -m moe_lib build``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import pandas as pd
+import xarray as xr
+
+from moe_lib import __version__, cache
+from moe_lib.models.registry import PROJECT_ROOT, REGISTRY
+from moe_lib.probe_traces import MAX_LENGTH, model_name
+from moe_lib.schema import SCHEMA_VERSION
+from moe_lib.site_probes import contextual_probe, domain_probe
+from moe_lib.trace_store import open_trace
+
+PROJECT_MODELS = ["standard-default", "cross-layer-default"]
+PROBES = ("domains", "contextual")
+# Bump when a table's meaning changes without its function's source changing (e.g. a
+# change in a helper module it calls): every cached table is then recomputed.
+TABLES_VERSION = 1
+
+_used: dict[str, dict] = {}  # cache key -> provenance row, for provenance()
+
+
+class MissingDataError(RuntimeError):
+    """A trace the site needs that is neither cached nor computable here."""
+
+
+def device() -> str:
+    """Return the torch device for tracing hub models: $MOE_LIB_DEVICE, else "cpu"."""
+    return os.environ.get("MOE_LIB_DEVICE", "cpu")
+
+
+def models_dir() -> Path:
+    """Return where the project's runs live: $MOE_LIB_MODELS, else datasets/saved-models/."""
+    return Path(os.environ.get("MOE_LIB_MODELS") or PROJECT_ROOT / "datasets" / "saved-models")
+
+
+def corpus_dir() -> Path:
+    """Return the corpus folder used to train a tiny model: $MOE_LIB_CORPUS, else datasets/corpus/."""
+    return Path(os.environ.get("MOE_LIB_CORPUS") or PROJECT_ROOT / "datasets" / "corpus")
+
+
+def own_recipe(model: str):
+    """Return ``(recipe name, preset name, recipe)`` of a project model name, or None.
+
+    ``"cross-layer-default"`` is the ``cross-layer`` recipe's ``default`` preset.
+    """
+    from moe_lib.train import RECIPES, recipe_for
+
+    for recipe_name in RECIPES:
+        preset = model[len(recipe_name) + 1:] if model.startswith(recipe_name + "-") else None
+        if preset and preset in RECIPES[recipe_name].PRESETS:
+            return recipe_name, preset, recipe_for(recipe_name, preset)
+    return None
+
+
+def schedule(model: str) -> list[tuple[int, int]]:
+    """Return the ``(step, tokens_seen)`` of every checkpoint a project model's run saves."""
+    from moe_lib.train import checkpoint_steps
+
+    recipe_name, preset, recipe = _require_own(model)
+    tokens_per_step = recipe.batch_size * recipe.seq_len
+    return [(step, step * tokens_per_step) for step in checkpoint_steps(recipe.n_steps, recipe.n_checkpoints)]
+
+
+def _require_own(model: str):
+    found = own_recipe(model)
+    if found is None:
+        raise ValueError(f"model {model!r}: not one of the project's own recipes (standard-*, cross-layer-*)")
+    return found
+
+
+def _probe(probe: str):
+    """Return ``(texts, labels, collect kwargs, probe fingerprint)`` of a probe."""
+    if probe == "domains":
+        texts, labels, fp = domain_probe()
+        return texts, labels, {}, fp
+    if probe == "contextual":
+        texts, labels, spans, fp = contextual_probe()
+        return texts, labels, {"target_spans": spans}, fp
+    raise ValueError(f"probe {probe!r}: choose from {PROBES}")
+
+
+def _expanded(identity: dict, texts, labels, collect: dict) -> dict:
+    """Return the identity ``cache.cached_trace`` keys a store by (same expansion)."""
+    expanded = {
+        **identity,
+        "texts": cache.fingerprint(texts, labels),
+        "collect": {k: v for k, v in collect.items() if k not in ("progress", "store")},
+    }
+    if collect.get("target_spans") is not None:
+        expanded["collect"]["target_spans"] = cache.fingerprint(map(str, collect["target_spans"]))
+    return expanded
+
+
+def _own_request(model: str, probe: str, step: int, tokens_seen: int):
+    """Return ``(store name, base identity, collect kwargs, texts, labels)`` of a checkpoint's
+    probe trace, built as ``probe_traces.trace_checkpoint`` builds it."""
+    recipe_name, preset, recipe = _require_own(model)
+    texts, labels, extra, probe_fp = _probe(probe)
+    base = {"model": model_name(recipe_name, preset), "recipe": recipe_name, "preset": preset, "step": step,
+            "tokens_seen": tokens_seen, "recipe_hash": recipe.hash()}
+    attrs = {**base, "checkpoint_step": step, "dataset": f"probe-{probe}"}
+    collect = {**extra, "max_length": MAX_LENGTH, "router_logits": True, "attrs": attrs}
+    return f"probe-{probe}-{base['model']}", {**base, "probe": probe_fp}, collect, texts, labels
+
+
+def _hub_request(model: str, probe: str):
+    """Return the same for a registry hub model (or a hub id), identified by id and revision."""
+    spec = REGISTRY.get(model)
+    source, revision = (spec.source, spec.revision) if spec else (model, None)
+    texts, labels, extra, probe_fp = _probe(probe)
+    base = {"model": model, "source": source, "revision": revision or "main", "probe": probe_fp}
+    attrs = {"model": model, "dataset": f"probe-{probe}"}
+    collect = {**extra, "max_length": MAX_LENGTH, "router_logits": True, "attrs": attrs}
+    safe = model.replace("/", "--")
+    return f"probe-{probe}-{safe}", base, collect, texts, labels
+
+
+def _open_if_cached(name: str, identity: dict, collect: dict, texts, labels) -> xr.Dataset | None:
+    """Return the store of a request if the cache holds it under the request's key, else None."""
+    expanded = _expanded(identity, texts, labels, collect)
+    path, key = cache.store_path(name, expanded), cache.cache_key(expanded)
+    attrs = cache._read_attrs(path) if path.exists() else None
+    if attrs is None or attrs.get("cache_key") != key:
+        return None
+    ds = open_trace(path)
+    _record(ds.attrs, kind="trace")
+    return ds
+
+
+def _record(attrs: dict, kind: str, **extra) -> None:
+    row = {
+        "kind": kind,
+        "store": attrs.get("cache_name", ""),
+        "cache_key": attrs.get("cache_key", ""),
+        "model": attrs.get("model", extra.get("model", "")),
+        "step": attrs.get("step", ""),
+        "schema_version": attrs.get("schema_version", SCHEMA_VERSION),
+        "moe_lib": attrs.get("moe_lib_version", __version__),
+        **extra,
+    }
+    _used[row["cache_key"]] = row
+
+
+def trace(model: str, probe: str = "domains", step: int | str = "final") -> xr.Dataset:
+    """Return a model's trace of a probe (lazy, from the cache; made first if missing).
+
+    Parameters
+    ----------
+    model : a project model (``standard-default``), a registry name or a hub id.
+    probe : ``"domains"`` (held-out documents of every corpus domain) or ``"contextual"``
+        (the polysemantic-token samples, with ``is_target`` and ``meaning``).
+    step : a checkpoint's optimizer step, or ``"final"``; project models only.
+    """
+    if own_recipe(model) is None:
+        if step != "final":
+            raise ValueError(f"model {model!r}: only project models have checkpoints; step={step!r}")
+        request = _hub_request(model, probe)
+        found = _open_if_cached(*request)
+        return found if found is not None else _trace_hub(model, *request)
+    steps = dict(schedule(model))
+    step = max(steps) if step == "final" else int(step)
+    if step not in steps:
+        raise ValueError(f"model {model!r}: no checkpoint at step {step}; its steps are {sorted(steps)}")
+    request = _own_request(model, probe, step, steps[step])
+    found = _open_if_cached(*request)
+    return found if found is not None else _trace_own(model, step, *request)
+
+
+def checkpoints(model: str, probe: str = "domains") -> dict[int, xr.Dataset]:
+    """Return ``{training tokens seen: trace}`` over a project model's checkpoints, in order."""
+    return {tokens: trace(model, probe, step) for step, tokens in schedule(model)}
+
+
+def _trace_hub(model: str, name, identity, collect, texts, labels) -> xr.Dataset:
+    from moe_lib.models.registry import load
+
+    loaded, tokenizer = load(model, device=device())
+    ds = cache.cached_trace(name, identity, loaded, tokenizer, texts, labels=labels, progress=True, **collect)
+    _record(ds.attrs, kind="trace")
+    return ds
+
+
+def _checkpoint_dir(model: str, step: int) -> Path:
+    from moe_lib.checkpoints import step_dir
+
+    return step_dir(models_dir() / model / "checkpoints", step)
+
+
+def _trace_own(model: str, step: int, name, identity, collect, texts, labels) -> xr.Dataset:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import moe_lib.models.cross_layer  # noqa: F401  registers moe_crosslayer with AutoModel
+    from moe_lib.checkpoints import load_model
+
+    path = _checkpoint_dir(model, step)
+    if not path.is_dir() and model.endswith("-tiny"):
+        train_tiny(model)
+    if not path.is_dir():
+        raise MissingDataError(
+            f"model {model!r}: no cached trace of probe {collect['attrs']['dataset']!r} at step {step}, "
+            f"and no checkpoint at {path} to trace. Run `python -m moe_lib build` to train the "
+            "project's models and trace their probes."
+        )
+    loaded = load_model(path, AutoModelForCausalLM).eval()
+    tokenizer = AutoTokenizer.from_pretrained(PROJECT_ROOT / "datasets" / "tokenizer")
+    ds = cache.cached_trace(name, identity, loaded, tokenizer, texts, labels=labels, progress=False, **collect)
+    _record(ds.attrs, kind="trace")
+    return ds
+
+
+def train_tiny(model: str) -> Path:
+    """Train a ``*-tiny`` test preset (seconds to a minute) and return its run directory."""
+    from moe_lib.train import train
+
+    recipe_name, preset, _ = _require_own(model)
+    if preset != "tiny":
+        raise ValueError(f"model {model!r}: only tiny presets are trained on the fly; run `python -m moe_lib build`")
+    return train(recipe_name, preset, out_dir=models_dir() / model, corpus_dir=corpus_dir(),
+                 tokenizer_dir=PROJECT_ROOT / "datasets" / "tokenizer", progress=False)
+
+
+def cached_models() -> list[str]:
+    """Return the models with a domains-probe trace in the cache, tiny test presets excluded."""
+    stores = cache.list_stores()
+    names = stores.loc[stores["dataset"] == "probe-domains", "model"]
+    return sorted({m for m in names if m and not m.endswith("-tiny")})
+
+
+def models(requested=None) -> list[str]:
+    """Return the chapter's models: ``requested`` (default the project's own), then every
+    other model whose traces are in the cache.
+
+    ``requested`` may be a list or one name (Quarto's ``-P models:x`` passes a string).
+    """
+    requested = PROJECT_MODELS if requested is None else requested
+    requested = [requested] if isinstance(requested, str) else list(requested)
+    return requested + [m for m in cached_models() if m not in requested]
+
+
+def analysis_version(fn: Callable) -> str:
+    """Return a hash of the source of ``fn``'s module and TABLES_VERSION: a table's code version."""
+    module = inspect.getmodule(fn)
+    source = inspect.getsource(module) if module is not None else inspect.getsource(fn)
+    text = f"{TABLES_VERSION}:{module.__name__ if module else ''}.{fn.__qualname__}:{source}"
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _keys(traces):
+    if isinstance(traces, xr.Dataset):
+        return traces.attrs["cache_key"]
+    if isinstance(traces, Mapping):
+        return [[str(k), _keys(v)] for k, v in traces.items()]
+    return [_keys(t) for t in traces]
+
+
+def table(name: str, traces, fn: Callable[..., pd.DataFrame], **params) -> pd.DataFrame:
+    """Return ``fn(traces, **params)`` from the cache, computing and storing it if missing.
+
+    Parameters
+    ----------
+    name : the store's name, e.g. ``"weight-by-slot"``.
+    traces : a trace, or a list or mapping of traces (as ``fn`` takes them); each must be a
+        cached store (``trace`` and ``checkpoints`` return those).
+    fn : a pure function of the traces, returning a tidy DataFrame.
+    params : JSON-native keyword arguments of ``fn``; part of the key.
+
+    The key holds the traces' cache keys, ``params``, ``fn``'s name and
+    :func:`analysis_version`, so a change of data, parameters or code makes a new table.
+    """
+    version = analysis_version(fn)
+    identity = {"table": name, "traces": _keys(traces), "fn": f"{fn.__module__}.{fn.__qualname__}",
+                "params": params, "analysis_version": version}
+    result = cache.cached_table(name, identity, lambda: fn(traces, **params))
+    first = traces if isinstance(traces, xr.Dataset) else next(iter(
+        traces.values() if isinstance(traces, Mapping) else traces))
+    _record({"cache_name": name, "cache_key": cache.cache_key(identity), "model": first.attrs.get("model", "")},
+            kind="table", analysis_version=version)
+    return result
+
+
+def per_model(name: str, model_list, fn: Callable[..., pd.DataFrame], probe: str = "domains",
+              over_checkpoints: bool = False, **params) -> pd.DataFrame:
+    """Return ``table(name, traces, fn, **params)`` for every model, stacked, with a
+    ``model`` column (ordered as ``model_list``) for faceting.
+
+    ``traces`` is the model's final trace of ``probe``, or with ``over_checkpoints`` the
+    mapping :func:`checkpoints` returns (project models only).
+    """
+    parts = []
+    for model in model_list:
+        traces = checkpoints(model, probe) if over_checkpoints else trace(model, probe)
+        parts.append(table(name, traces, fn, **params).assign(model=model))
+    out = pd.concat(parts, ignore_index=True)
+    out["model"] = pd.Categorical(out["model"], categories=list(dict.fromkeys(model_list)), ordered=True)
+    return out
+
+
+def with_checkpoints(model_list) -> list[str]:
+    """Return the models of ``model_list`` that have training checkpoints (the project's own)."""
+    return [m for m in model_list if own_recipe(m) is not None]
+
+
+def training_metrics(model: str) -> pd.DataFrame:
+    """Return a project model's validation loss per domain at each checkpoint (cached).
+
+    The run's ``metrics.csv`` is read once into the cache, keyed by the recipe hash and
+    the checkpoint schedule, so the committed cache keeps it when the run folder is gone.
+    Columns as ``metrics.csv``: step, tokens_seen, domain, val_loss (nats per token),
+    n_tokens, train_loss, elapsed_s.
+    """
+    recipe_name, preset, recipe = _require_own(model)
+    identity = {"model": model, "recipe_hash": recipe.hash(), "schedule": schedule(model), "file": "metrics.csv"}
+    path = models_dir() / model / "metrics.csv"
+
+    def read() -> pd.DataFrame:
+        if not path.is_file():
+            raise MissingDataError(f"model {model!r}: no cached training metrics and no {path}; "
+                                   "run `python -m moe_lib build`")
+        metrics = pd.read_csv(path)
+        if sorted(metrics["step"].unique()) != [s for s, _ in schedule(model)]:
+            raise MissingDataError(f"{path}: steps {sorted(metrics['step'].unique())} are not the full "
+                                   f"schedule {[s for s, _ in schedule(model)]}; finish training first")
+        return metrics
+
+    result = cache.cached_table("training-metrics", identity, read)
+    _record({"cache_name": "training-metrics", "cache_key": cache.cache_key(identity), "model": model}, kind="table")
+    return result
+
+
+def stack_by_model(builder: Callable, data: pd.DataFrame, **kwargs):
+    """Return ``builder(rows of one model, **kwargs)`` for each model, titled and stacked.
+
+    For figures whose builder already uses its facets (e.g. one panel per checkpoint).
+    """
+    from plotnine import ggtitle
+
+    figures = [builder(data[data["model"] == m], **kwargs) + ggtitle(str(m))
+               for m in data["model"].astype(str).unique()]
+    stacked = figures[0]
+    for figure in figures[1:]:
+        stacked = stacked / figure
+    return stacked
+
+
+def provenance() -> pd.DataFrame:
+    """Return one row per cache store read in this session: kind, store, key, model,
+    checkpoint step, schema and moe_lib versions, and a table's analysis version."""
+    columns = ["kind", "store", "cache_key", "model", "step", "schema_version", "moe_lib", "analysis_version"]
+    rows = pd.DataFrame(list(_used.values()))
+    return rows.reindex(columns=columns).fillna("").sort_values(["kind", "store"]).reset_index(drop=True)
+
+
+__all__ = [
+    "PROJECT_MODELS", "MissingDataError", "analysis_version", "cached_models", "checkpoints", "models",
+    "own_recipe", "per_model", "provenance", "schedule", "stack_by_model", "table", "trace", "train_tiny",
+    "training_metrics", "with_checkpoints",
+]

@@ -1,0 +1,154 @@
+"""The site's chapters: listed and present, cross-references that resolve, inline code that
+names defined values, and every chapter's cells executed in a Jupyter kernel (nbclient)
+against the committed caches and, from an empty cache, on the tiny models.
+
+Parameterised over every ``.qmd`` present, so chapters written later are tested too.
+"""
+
+import ast
+import builtins
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+import chapter_runner as runner
+from moe_lib import cache
+
+ROOT = runner.PROJECT_ROOT
+PAGES = [ROOT / "index.qmd", *sorted((ROOT / "chapters").glob("*.qmd"))]
+IDS = [str(p.relative_to(ROOT)) for p in PAGES]
+TINY = ["standard-tiny", "cross-layer-tiny"]
+
+
+def sidebar_pages(config: dict) -> list[str]:
+    """Return every page the website's sidebar links to, in order."""
+    found = []
+
+    def walk(items):
+        for item in items:
+            if isinstance(item, str):
+                found.append(item)
+            elif "href" in item:
+                found.append(item["href"])
+            elif "contents" in item:
+                walk(item["contents"])
+
+    for sidebar in (lambda s: s if isinstance(s, list) else [s])(config["website"]["sidebar"]):
+        walk(sidebar["contents"])
+    return found
+
+
+@pytest.fixture(scope="module")
+def config():
+    return yaml.safe_load((ROOT / "_quarto.yml").read_text())
+
+
+def test_quarto_project_settings(config):
+    assert config["project"]["type"] in ("website", "book")
+    assert config["project"]["execute-dir"] == "project"
+    assert config["execute"]["freeze"] == "auto"
+    assert config["format"]["html"]["code-fold"] is True
+    assert config["citation"] and config["google-scholar"] is True
+    assert (ROOT / config["bibliography"]).is_file()
+
+
+def test_every_listed_chapter_exists_and_every_chapter_is_listed(config):
+    listed = sidebar_pages(config)
+    assert all((ROOT / page).is_file() for page in listed), [p for p in listed if not (ROOT / p).is_file()]
+    present = {str(p.relative_to(ROOT)) for p in PAGES}
+    assert present == set(listed), f"not listed: {present - set(listed)}; missing: {set(listed) - present}"
+
+
+def test_chapter_reader_keeps_options_and_expands_includes():
+    text = runner.read_chapter(ROOT / "chapters" / "routing-basics.qmd")
+    cells = runner.cells(text)
+    assert cells[0].options["tags"] == ["parameters"]
+    assert cells[1].options["label"] == "setup"  # from /_includes/_setup.qmd
+    assert "{{<" not in text
+    notebook = runner.to_notebook(text, {"models": ["x"]})
+    assert notebook.cells[1].source == "models = ['x']"
+    assert notebook.cells[1].metadata["tags"] == ["injected-parameters"]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=IDS)
+def test_chapter_pattern(page):
+    text = runner.read_chapter(page)
+    cells = runner.cells(text)
+    assert "parameters" in (cells[0].options.get("tags") or []), "the first cell must be tagged parameters"
+    labels = [str(c.options.get("label", "")) for c in cells]
+    assert "data" in labels and len(labels) == len(set(labels) - {""}) + labels.count("")
+    for cell in cells:
+        code = [line for line in cell.source.splitlines() if line.strip() and not line.startswith("#|")]
+        assert len(code) <= 10, f"cell {cell.options.get('label')} has {len(code)} lines of code"
+        if str(cell.options.get("label", "")).startswith("fig-"):
+            assert cell.options.get("fig-cap") and cell.options.get("fig-alt"), cell.options["label"]
+    assert "/work" not in text and "/tmp" not in text
+
+
+@pytest.mark.parametrize("page", PAGES, ids=IDS)
+def test_figure_references_resolve_and_every_figure_is_cited(page):
+    text = runner.read_chapter(page)
+    labels, references = set(runner.figure_labels(text)), set(runner.figure_references(text))
+    assert references <= labels, f"unresolved: {references - labels}"
+    assert labels <= references, f"never cited: {labels - references}"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=IDS)
+def test_inline_expressions_name_values_defined_in_the_cells(page):
+    text = runner.read_chapter(page)
+    defined = set(dir(builtins))
+    for cell in runner.cells(text):
+        for node in ast.walk(ast.parse(cell.source)):
+            if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                defined.add(node.id)
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                defined.update((a.asname or a.name).split(".")[0] for a in node.names)
+    for expression in runner.inline_expressions(text):
+        names = {n.id for n in ast.walk(ast.parse(expression, mode="eval")) if isinstance(n, ast.Name)}
+        assert names <= defined, f"`{{python}} {expression}` uses undefined {names - defined}"
+
+
+def _check_run(page: Path, executed: runner.Executed) -> None:
+    text = runner.read_chapter(page)
+    for label in runner.figure_labels(text):
+        assert executed.has_image(label), f"{page.name}: figure {label} produced no image"
+    assert len(executed.inline_values) == len(runner.inline_expressions(text))
+    for expression, value in executed.inline_values.items():
+        assert value not in ("nan", "None", ""), f"{page.name}: `{{python}} {expression}` gave {value!r}"
+
+
+def committed_stores() -> bool:
+    return any(cache.list_stores()["name"].str.startswith("probe-domains-standard-default"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not committed_stores(), reason="the default models' stores are not in data-cache/ yet")
+@pytest.mark.parametrize("page", PAGES, ids=IDS)
+def test_chapter_runs_on_the_committed_caches(page, monkeypatch):
+    monkeypatch.delenv("MOE_LIB_CACHE", raising=False)
+    _check_run(page, runner.execute(page))
+
+
+@pytest.fixture(scope="module")
+def empty_cache(tmp_path_factory):
+    """An empty cache and models folder, and a small corpus to train the tiny models on."""
+    from moe_lib.site_probes import tiny_corpus
+
+    root = tmp_path_factory.mktemp("empty")
+    saved = {k: os.environ.get(k) for k in ("MOE_LIB_CACHE", "MOE_LIB_MODELS", "MOE_LIB_CORPUS")}
+    os.environ.update(MOE_LIB_CACHE=str(root / "cache"), MOE_LIB_MODELS=str(root / "models"),
+                      MOE_LIB_CORPUS=str(tiny_corpus(root / "corpus")))
+    yield root
+    for key, value in saved.items():
+        os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("page", PAGES, ids=IDS)
+def test_chapter_runs_from_an_empty_cache_on_the_tiny_models(page, empty_cache):
+    executed = runner.execute(page, {"models": TINY})
+    _check_run(page, executed)
+    used = cache.list_stores(empty_cache / "cache")
+    assert len(used) > 0 and set(used["model"]) - {""} <= set(TINY)
