@@ -233,6 +233,15 @@ class Ablation:
             handle.remove()
         self._handles.clear()
 
+    def silent_layers(self) -> list[int]:
+        """Return the ablated layers whose experts module was never called since entering.
+
+        A fused kernel that replaces the whole MoE block (e.g. a hub kernel for GPT-OSS)
+        bypasses the hook: an ablation there would silently remove nothing.
+        """
+        hooked = self.slots is not None or self.experts is not None
+        return [layer for layer in self.layers if hooked and not self._stats.get(layer, {}).get("n_calls")]
+
     def stats(self) -> pd.DataFrame:
         """Return per layer what was removed since entering: one row per ablated layer.
 

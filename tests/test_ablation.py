@@ -2,6 +2,7 @@
 
 import inspect
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -110,7 +111,8 @@ def test_scorer_picks_the_letter_with_the_highest_logprob():
     # log-softmax over the vocabulary by hand: 508 zero logits and the four letters
     row0 = np.array([0.5, 2.0, -1.0, 1.9])
     expected = row0 - np.log(np.exp(row0).sum() + (vocab - 4))
-    np.testing.assert_allclose(table.loc[0, ["logprob_A", "logprob_B", "logprob_C", "logprob_D"]].to_numpy(float), expected, rtol=1e-5)
+    got = table.loc[0, ["logprob_A", "logprob_B", "logprob_C", "logprob_D"]].to_numpy(float)
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
 
 
 def test_letters_that_are_not_single_tokens_are_refused(tokenizer):
@@ -126,7 +128,8 @@ def test_default_grid_shape_and_controls():
     assert len(conditions) == 1 + 3 * (2 * 2 * 2 + 1)
     for condition in conditions[1:]:
         if condition.slots != "all":
-            twin = Condition(condition.layers, condition.slots, condition.renormalize, random_control=not condition.random_control)
+            control = not condition.random_control
+            twin = Condition(condition.layers, condition.slots, condition.renormalize, random_control=control)
             assert twin in conditions
     assert {c.layers for c in conditions[1:]} == {"all", "first:2", "last:2"}
     assert start_layer(Condition("last:2", "0"), [1, 2, 3, 4]) == 3
@@ -151,7 +154,8 @@ def _toy_results():
         subject = "algebra" if item < 100 else "law"
         correct = rng.random() < (0.8 if subject == "algebra" else 0.4)
         for condition, is_correct in [(BASELINE, correct), ("slots 0 | all", correct and item % 2 == 0)]:
-            rows.append({**Condition().columns(), "condition": condition, "item": item, "subject": subject, "correct": is_correct})
+            labels = {"condition": condition, "item": item, "subject": subject, "correct": is_correct}
+            rows.append({**Condition().columns(), **labels})
     return pd.DataFrame(rows)
 
 
@@ -192,3 +196,57 @@ def test_summary_refuses_conditions_missing_items():
     results = results[~((results["condition"] == BASELINE) & (results["item"] == 3))]
     with pytest.raises(ValueError, match="lack some items"):
         bootstrap_summary(results, "correct")
+
+
+def _write_mmlu_csv(root, subject="abstract_algebra"):
+    """The original release's layout, two splits of one subject (no header)."""
+    for split, n_rows in [("dev", 5), ("test", 6)]:
+        folder = root / "data" / split
+        folder.mkdir(parents=True)
+        rows = [f'"What is {i} + {i}?",{2 * i},{i},{i + 1},{3 * i},{"ABCD"[i % 4]}' for i in range(n_rows)]
+        (folder / f"{subject}_{split}.csv").write_text("\n".join(rows) + "\n")
+
+
+def test_ablate_command_writes_the_grid_and_lens_to_the_cache(tmp_path, monkeypatch, letters_tokenizer):
+    from moe_lib.analysis.ablation import cached_results
+    from moe_lib.cli import main
+
+    monkeypatch.setenv("MOE_LIB_CACHE", str(tmp_path / "cache"))
+    model_dir = tmp_path / "model"
+    tiny_model("olmoe").save_pretrained(model_dir)
+    letters_tokenizer.save_pretrained(model_dir)
+    corpus = tmp_path / "validation.jsonl"
+    docs = [
+        {"id": f"d{i}", "source": "test", "location": str(i), "domain": ["code", "speech"][i % 2], "language": "en"}
+        | {"text": TEXTS[i]}
+        for i in range(4)
+    ]
+    corpus.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    heldout = ["ablate", str(model_dir), "--benchmark", "heldout", "--corpus", str(corpus), "--n-docs", "2"]
+    heldout += ["--max-length", "32"]
+    assert main(heldout) == 0
+    grid = cached_results("ablation-heldout")
+    assert len(grid) == 4 * 28 and set(grid["domain"]) == {"code", "speech"}
+    assert grid["n_predicted"].max() == 31 and (grid["model"] == str(model_dir)).all()  # 32 tokens kept
+    lens = cached_results("lens-heldout")
+    assert set(lens["condition"]) == {BASELINE, "slots 0 | all", "slots 0 | all | random"}
+
+    _write_mmlu_csv(tmp_path / "mmlu")
+    mmlu = ["ablate", str(model_dir), "--benchmark", "mmlu", "--mmlu-source", "csv", "--mmlu-root", str(tmp_path / "mmlu")]
+    mmlu += ["--n-questions", "4", "--n-shots", "2", "--max-length", "200"]
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # the committed subject -> domain table
+    assert main(mmlu) == 0
+    grid = cached_results("ablation-mmlu")
+    assert len(grid) == 4 * 28 and (grid["domain"] == "math").all()
+    # a second run reads the cache: nothing is recomputed
+    monkeypatch.setattr("moe_lib.analysis.ablation.run_grid", lambda *a, **k: pytest.fail("recomputed"))
+    assert main(mmlu + ["--no-lens"]) == 0
+
+
+def test_grid_refuses_a_model_whose_experts_module_is_bypassed(tokenizer):
+    """A fused kernel replacing the MoE block would make an ablation silently remove nothing."""
+    model = tiny_model("olmoe")
+    block = model.get_submodule(family_of(model.config).block.format(layer=3))
+    block.forward = lambda hidden_states: torch.zeros_like(hidden_states)  # never calls its experts
+    with pytest.raises(RuntimeError, match=r"layers \[3\] were never called"):
+        heldout_loss(model, tokenizer, TEXTS[:2], [Condition(), Condition("last:1", "0")], progress=False)

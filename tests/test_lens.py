@@ -64,7 +64,8 @@ def test_target_ranks_by_hand():
     assert rank.tolist() == [2, 0]  # two larger logits above it; then the largest
     rank, _ = target_ranks(logits, torch.tensor([1, 0]))
     assert rank.tolist() == [0, 1]  # ties do not count against the target
-    np.testing.assert_allclose(logprob.exp().sum(), np.exp(2) / np.exp([1, 3, 2, 3]).sum() + np.exp(5) / (np.exp(5) + 3), rtol=1e-6)
+    by_hand = np.exp(2) / np.exp([1, 3, 2, 3]).sum() + np.exp(5) / (np.exp(5) + 3)
+    np.testing.assert_allclose(logprob.exp().sum(), by_hand, rtol=1e-6)
 
 
 def test_ablated_lens_differs_only_from_the_ablated_layer_on(tokenizer):
@@ -86,7 +87,8 @@ def test_answer_letter_lens_and_candidate_rank(tokenizer):
     prompts = ["Question one.\nAnswer:", "Another, longer question here.\nAnswer:"]
     candidates = [40, 41, 42, 43]
     answer_ids = [41, 43]
-    lens = logit_lens(model, encode_batches(tokenizer, prompts, batch_size=2), answer_ids=answer_ids, candidates=candidates)
+    batches = encode_batches(tokenizer, prompts, batch_size=2)
+    lens = logit_lens(model, batches, answer_ids=answer_ids, candidates=candidates)
     assert len(lens) == len(prompts) * model.config.num_hidden_layers
     last = lens[lens["layer"] == 3].set_index("item")
     for item, prompt in enumerate(prompts):

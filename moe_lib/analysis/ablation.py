@@ -7,14 +7,17 @@ over items, and paired differences from the baseline.
 
 Reusing the layers below an ablation: layers below the first ablated one compute exactly
 what the baseline computes. So each batch runs the model once (the baseline), keeping the
-residual stream entering each layer where some condition starts, and the keyword
-arguments (position embeddings, attention mask) every decoder layer was called with. A
-condition then runs only the model's own decoder layers from its first ablated layer on,
-then the final norm. ``reuse=False`` runs the whole model per condition: the check.
+output of the layer just below each layer where some condition starts. A condition then
+runs the model's own forward with the layers below its start replaced, for that call
+only, by one that returns the kept output without computing anything: the model's own
+loop still builds the masks and position embeddings and threads whatever its layers pass
+on (the cross-layer recipe's routing vector too), and only the layers from the start on
+compute. ``reuse=False`` runs the whole model per condition: the check.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
@@ -23,7 +26,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from moe_lib.analysis.lens import base_model, decoder_layers, final_norm, unembed
+from moe_lib.analysis.lens import base_model, decoder_layers, unembed
 from moe_lib.capture import find_moe_layers
 from moe_lib.interventions import ablate, select_layers
 from moe_lib.models.families import family_of
@@ -72,7 +75,10 @@ class Condition:
     def columns(self) -> dict:
         """Return the condition as table columns (``layers`` as text)."""
         row = {"condition": self.name, **asdict(self)}
-        row["layers"] = "" if self.is_baseline else (self.layers if isinstance(self.layers, str) else ",".join(map(str, self.layers)))
+        if self.is_baseline:
+            row["layers"] = ""
+        elif not isinstance(self.layers, str):
+            row["layers"] = ",".join(map(str, self.layers))
         row["slots"] = self.slots or ""
         return row
 
@@ -155,44 +161,55 @@ def encode_batches(
 
 
 # -- running the grid ---------------------------------------------------------------------
-class _Prefix:
-    """Hooks keeping, in one baseline forward, what each decoder layer was called with."""
+class _KeptOutputs:
+    """Forward hooks keeping, in one baseline forward, the output of the given decoder layers."""
 
-    def __init__(self, model, keep_inputs_of: set[int], first: int):
-        self.calls: dict[int, tuple] = {}
-        self._handles = [
-            layer.register_forward_pre_hook(self._keep(i, i in keep_inputs_of), with_kwargs=True)
-            for i, layer in enumerate(decoder_layers(model))
-            if i >= first
-        ]
+    def __init__(self, model, layers: set[int]):
+        self.outputs: dict[int, object] = {}
+        modules = decoder_layers(model)
+        self._handles = [modules[i].register_forward_hook(self._keep(i)) for i in sorted(layers)]
 
-    def _keep(self, index: int, keep_input: bool):
-        def hook(module, args, kwargs):
-            hidden = args[0] if args else kwargs["hidden_states"]
-            rest = {k: v for k, v in kwargs.items() if k != "hidden_states"}
-            self.calls[index] = (hidden if keep_input else None, args[1:], rest)
+    def _keep(self, index: int):
+        def hook(module, args, output):
+            self.outputs[index] = output
 
         return hook
 
-    def remove(self):
+    def remove(self) -> None:
         for handle in self._handles:
             handle.remove()
 
 
-def _run_from(model, prefix: _Prefix, start: int) -> torch.Tensor:
-    """Return the normed final hidden states, running the decoder layers from ``start`` on."""
-    layers = decoder_layers(model)
-    hidden = prefix.calls[start][0]
-    for index in range(start, len(layers)):
-        _, args, kwargs = prefix.calls[index]
-        out = layers[index](hidden, *args, **kwargs)
-        hidden = out[0] if isinstance(out, tuple) else out
-    return final_norm(model)(hidden)
+@contextlib.contextmanager
+def _layers_below_replaced(model, start: int, output):
+    """Within: decoder layers below ``start`` return ``output`` at once instead of computing."""
+    layers = list(decoder_layers(model))[:start]
+    # an instance attribute shadows the class's forward; accelerate's dispatch sets one too
+    saved = [layer.__dict__.get("forward") for layer in layers]
+    for layer in layers:
+        # a copy each call: a layer that added to its input in place would corrupt the kept one
+        layer.forward = lambda *args, **kwargs: _copied(output)
+    try:
+        yield
+    finally:
+        for layer, forward in zip(layers, saved):
+            if forward is None:
+                del layer.forward
+            else:
+                layer.forward = forward
+
+
+def _copied(output):
+    if isinstance(output, torch.Tensor):
+        return output.clone()
+    if isinstance(output, tuple):
+        return tuple(_copied(part) for part in output)
+    return output
 
 
 def _check_fired(ablation, condition: Condition) -> None:
-    silent = ablation.stats().query("n_calls == 0")["layer"].tolist()
-    if silent and (condition.slots is not None):
+    silent = ablation.silent_layers()
+    if silent:
         raise RuntimeError(
             f"{condition.name}: the experts modules of layers {silent} were never called; a fused kernel "
             "may replace them (e.g. transformers' hub kernels): load the model without kernels"
@@ -233,20 +250,23 @@ def run_grid(
         )
         with torch.inference_mode():
             if reuse:
-                prefix = _Prefix(model, used_starts, min(used_starts, default=len(decoder_layers(model))))
+                kept = _KeptOutputs(model, {start - 1 for start in used_starts if start > 0})
                 try:
                     baseline = base_model(model)(**inputs).last_hidden_state
                 finally:
-                    prefix.remove()
+                    kept.remove()
             for condition in conditions:
                 if condition.is_baseline:
                     normed = baseline if reuse else base_model(model)(**inputs).last_hidden_state
                 else:
-                    with ablate(model, **condition.ablate_kwargs(), seed=seed + index) as ablation:
-                        if reuse:
-                            normed = _run_from(model, prefix, starts[condition])
-                        else:
-                            normed = base_model(model)(**inputs).last_hidden_state
+                    start = starts[condition]
+                    skip = (
+                        _layers_below_replaced(model, start, kept.outputs[start - 1])
+                        if reuse and start > 0
+                        else contextlib.nullcontext()
+                    )
+                    with ablate(model, **condition.ablate_kwargs(), seed=seed + index) as ablation, skip:
+                        normed = base_model(model)(**inputs).last_hidden_state
                     _check_fired(ablation, condition)
                 rows = score(model, normed, batch)
                 frames.append(rows.assign(**condition.columns()))
@@ -311,7 +331,11 @@ def next_token_score(model, normed, batch) -> pd.DataFrame:
         logits = unembed(model, normed[row, : length - 1])
         sums.append(torch.nn.functional.cross_entropy(logits, input_ids[row, 1:length], reduction="sum"))
     return pd.DataFrame(
-        {"item": batch["item"], "nll_sum": torch.stack(sums).detach().cpu().numpy(), "n_predicted": batch["lengths"] - 1}
+        {
+            "item": batch["item"],
+            "nll_sum": torch.stack(sums).detach().cpu().numpy(),
+            "n_predicted": batch["lengths"] - 1,
+        }
     )
 
 
@@ -425,7 +449,33 @@ def bootstrap_summary(
     order = {name: i for i, name in enumerate(described["condition"])}
     summary = pd.concat(frames, ignore_index=True).merge(described, on="condition")
     summary = summary.sort_values([*by, "condition"], key=lambda s: s.map(order) if s.name == "condition" else s)
-    return summary[[*by, *condition_columns, *[c for c in summary.columns if c not in condition_columns + by]]].reset_index(drop=True)
+    rest = [c for c in summary.columns if c not in condition_columns + by]
+    return summary[[*by, *condition_columns, *rest]].reset_index(drop=True)
+
+
+def cached_results(name: str) -> pd.DataFrame:
+    """Return every cached table called ``name`` (e.g. ``"ablation-mmlu"``), concatenated.
+
+    Each table carries its ``model`` column; a ``cache_key`` column tells runs apart (e.g.
+    the same model on two grids). Empty (no columns) when nothing is cached. Reads the
+    cache folder of :func:`moe_lib.cache.cache_dir`.
+    """
+    import json
+
+    import zarr
+
+    from moe_lib.cache import cached_table, list_stores
+
+    stores = list_stores()
+    frames = []
+    for path, key in stores.loc[stores["name"] == name, ["path", "key"]].itertuples(index=False):
+        identity = json.loads(zarr.open_group(path, mode="r").attrs["cache_identity"])
+
+        def missing(path=path):
+            raise FileNotFoundError(f"{path}: listed in the cache but not readable as {name!r}")
+
+        frames.append(cached_table(name, identity, missing).assign(cache_key=key))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def summarize_accuracy(results: pd.DataFrame, by: Sequence[str] = (), **kwargs) -> pd.DataFrame:
