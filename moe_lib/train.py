@@ -187,7 +187,11 @@ def prepare_data(run_dir: Path, corpus_dir: Path, tokenizer, recipe, seed: int):
                 f"{meta_path}: data made from fingerprint {meta['fingerprint']} seed {meta['seed']}, "
                 f"this run has {fingerprint} seed {seed}; use another --out"
             )
-        return np.load(tokens_path), np.load(order_path)
+        order = np.load(order_path)
+        if order.shape != (recipe.n_steps, recipe.batch_size):
+            raise ValueError(f"{order_path}: block order of shape {order.shape}, this recipe needs "
+                             f"{(recipe.n_steps, recipe.batch_size)}; use another --out")
+        return np.load(tokens_path), order
     tokens = tokenize_documents(read_documents(corpus_dir / "train.jsonl"), tokenizer)
     n_blocks = len(tokens) // recipe.seq_len
     order = block_order(n_blocks, recipe.n_steps, recipe.batch_size, seed)
