@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import json
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -150,6 +151,9 @@ def _open_if_cached(name: str, identity: dict, collect: dict, texts, labels) -> 
     attrs = cache._read_attrs(path) if path.exists() else None
     if attrs is None or attrs.get("cache_key") != key:
         return None
+    # The key is a hash: also compare the identity the store says it was made from.
+    if json.loads(attrs.get("cache_identity", "null")) != json.loads(cache._canonical(expanded)):
+        return None
     ds = open_trace(path)
     _record(ds.attrs, kind="trace")
     return ds
@@ -164,6 +168,7 @@ def _record(attrs: dict, kind: str, **extra) -> None:
         "step": attrs.get("step", ""),
         "schema_version": attrs.get("schema_version", SCHEMA_VERSION),
         "moe_lib": attrs.get("moe_lib_version", __version__),
+        "transformers": attrs.get("transformers_version", ""),
         **extra,
     }
     _used[row["cache_key"]] = row
@@ -341,6 +346,8 @@ def training_metrics(model: str) -> pd.DataFrame:
     path = models_dir() / model / "metrics.csv"
 
     def read() -> pd.DataFrame:
+        if not path.is_file() and model.endswith("-tiny"):
+            train_tiny(model)
         if not path.is_file():
             raise MissingDataError(f"model {model!r}: no cached training metrics and no {path}; "
                                    "run `python -m moe_lib build`")
@@ -355,31 +362,18 @@ def training_metrics(model: str) -> pd.DataFrame:
     return result
 
 
-def stack_by_model(builder: Callable, data: pd.DataFrame, **kwargs):
-    """Return ``builder(rows of one model, **kwargs)`` for each model, titled and stacked.
-
-    For figures whose builder already uses its facets (e.g. one panel per checkpoint).
-    """
-    from plotnine import ggtitle
-
-    figures = [builder(data[data["model"] == m], **kwargs) + ggtitle(str(m))
-               for m in data["model"].astype(str).unique()]
-    stacked = figures[0]
-    for figure in figures[1:]:
-        stacked = stacked / figure
-    return stacked
-
-
 def provenance() -> pd.DataFrame:
     """Return one row per cache store read in this session: kind, store, key, model,
-    checkpoint step, schema and moe_lib versions, and a table's analysis version."""
-    columns = ["kind", "store", "cache_key", "model", "step", "schema_version", "moe_lib", "analysis_version"]
+    checkpoint step, schema, moe_lib and transformers versions (of the traces), and a
+    table's analysis version."""
+    columns = ["kind", "store", "cache_key", "model", "step", "schema_version", "moe_lib", "transformers",
+               "analysis_version"]
     rows = pd.DataFrame(list(_used.values()))
     return rows.reindex(columns=columns).fillna("").sort_values(["kind", "store"]).reset_index(drop=True)
 
 
 __all__ = [
     "PROJECT_MODELS", "MissingDataError", "analysis_version", "cached_models", "checkpoints", "models",
-    "own_recipe", "per_model", "provenance", "schedule", "stack_by_model", "table", "trace", "train_tiny",
+    "own_recipe", "per_model", "provenance", "schedule", "table", "trace", "train_tiny",
     "training_metrics", "with_checkpoints",
 ]

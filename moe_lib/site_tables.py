@@ -205,3 +205,185 @@ def family_table() -> pd.DataFrame:
         rows.append({"family": name, "scoring": SCORING_RULES[family.scoring],
                      "shared experts": family.shared_experts is not None, "registered models": ", ".join(registered)})
     return pd.DataFrame(rows)
+
+
+# Routing paths and expert specialization (chapters/paths.qmd, chapters/specialization.qmd).
+# The analysis modules are imported inside each function: route_clusters pulls in
+# scikit-learn, and the chapters above need none of them.
+
+
+def _target_rows(ds: xr.Dataset) -> xr.Dataset:
+    """Return the rows of a contextual trace that are target occurrences."""
+    if "is_target" not in ds.coords:
+        raise KeyError(f"trace of {ds.attrs.get('model')!r} has no token label 'is_target' (use the contextual probe)")
+    return ds.isel(token=np.flatnonzero(np.asarray(ds["is_target"].values, bool)))
+
+
+def path_groups_table(ds: xr.Dataset, targets_only: bool = False, min_tokens: int = 20, max_groups: int = 30,
+                      n_examples: int = 2, seed: int = 0) -> pd.DataFrame:
+    """Return ``paths.path_groups`` over every layer, its example contexts joined into one string.
+
+    With ``targets_only`` only the contextual probe's target occurrences are grouped (their
+    contexts still come from the whole sample). ``examples`` holds the contexts, the token
+    marked [[ ]], separated by `` | ``, so the table can be cached as plain columns.
+    """
+    from moe_lib.analysis import paths
+
+    tokens = np.asarray(ds["is_target"].values, bool) if targets_only else None
+    table = paths.path_groups(ds, min_tokens=min_tokens, max_groups=max_groups, n_examples=n_examples,
+                              tokens=tokens, seed=seed)
+    return table.assign(examples=table["examples"].map(lambda contexts: " | ".join(contexts)))
+
+
+def paths_to_cover_with_baseline(ds: xr.Dataset, label: str = "domain", shares=(0.8, 0.95), n_shuffles: int = 5,
+                                 seed: int = 0) -> pd.DataFrame:
+    """Return ``paths.paths_to_cover`` per label value with a shuffled-label baseline.
+
+    The baseline shuffles the label over the tokens (keeping each value's size) and counts
+    again: the paths a value would need if its tokens were a random draw of the probe.
+    Extra columns ``n_paths_<pct>_shuffled`` (mean over shuffles) for each share.
+    """
+    from moe_lib.analysis import paths
+
+    observed = paths.paths_to_cover(ds, label=label, shares=tuple(shares))
+    rng = np.random.default_rng(seed)
+    values = np.asarray(ds[label].values, dtype=object)
+    shuffled = [paths.paths_to_cover(ds.assign_coords({label: ("token", rng.permutation(values))}), label=label,
+                                     shares=tuple(shares)).set_index(label) for _ in range(n_shuffles)]
+    for share in shares:
+        column = f"n_paths_{round(share * 100)}"
+        mean = sum(s[column] for s in shuffled) / n_shuffles
+        observed[f"{column}_shuffled"] = mean.reindex(observed[label]).to_numpy()
+    return observed
+
+
+def route_cluster_agreement(ds: xr.Dataset, targets_only: bool = False, max_tokens: int = 2000,
+                            min_cluster_size: int = 10, n_permutations: int = 100, seed: int = 0) -> pd.DataFrame:
+    """Return ``route_clusters.cluster_label_agreement`` of HDBSCAN clusters of full routes.
+
+    On the domains probe the labels are domain and language; with ``targets_only`` (the
+    contextual probe) the target occurrences are clustered and compared with their
+    ``target`` (which token) and their ``meaning``.
+    """
+    from moe_lib.analysis import route_clusters
+
+    labels = ("target", "meaning") if targets_only else ("domain", "language")
+    ds = _target_rows(ds) if targets_only else ds
+    clusters = route_clusters.cluster_routes(ds, max_tokens=max_tokens, min_cluster_size=min_cluster_size, seed=seed)
+    return route_clusters.cluster_label_agreement(ds, clusters, labels=labels, n_permutations=n_permutations,
+                                                  seed=seed)
+
+
+def sample_texts(ds: xr.Dataset) -> np.ndarray:
+    """Return for every token the text of its sample (its ``seq``'s token strings joined in
+    ``pos`` order), object array (token,)."""
+    frame = pd.DataFrame({"seq": np.asarray(ds["seq"].values), "pos": np.asarray(ds["pos"].values),
+                          "piece": np.asarray(ds["token_str"].values, dtype=object)})
+    texts = frame.sort_values(["seq", "pos"], kind="stable").groupby("seq")["piece"].agg("".join)
+    return texts.reindex(frame["seq"]).to_numpy(dtype=object)
+
+
+def path_context_by_target(ds: xr.Dataset, n_permutations: int = 200, seed: int = 0) -> pd.DataFrame:
+    """Return, per contextual target, the Mantel test of route similarity against context
+    similarity over its occurrences (``route_clusters.path_context_correlation``).
+
+    A context is the occurrence's whole sample, embedded by the all-MiniLM-L6-v2 sentence
+    encoder (:func:`moe_lib.data.embeddings.cached_embeddings`); routes are the top-1
+    experts of every layer. One row per target: the columns of ``path_context_correlation``
+    and ``target``.
+    """
+    from moe_lib.analysis import route_clusters
+    from moe_lib.data.embeddings import cached_embeddings
+
+    ds = ds.load()  # the texts need every token of the samples, the tests only the targets
+    occurrences = _target_rows(ds)
+    vectors = cached_embeddings(sample_texts(ds)[np.asarray(ds["is_target"].values, bool)])
+    owner = np.asarray(occurrences["target"].values, dtype=object)
+    parts = []
+    for target in targets(ds):
+        rows = np.flatnonzero(owner == target)
+        table = route_clusters.path_context_correlation(occurrences.isel(token=rows), vectors[rows],
+                                                        n_permutations=n_permutations, seed=seed)
+        parts.append(table.assign(target=target))
+    return pd.concat(parts, ignore_index=True)
+
+
+def meaning_prediction_long(table: pd.DataFrame) -> pd.DataFrame:
+    """Return ``paths.meaning_prediction`` rows in long form for side-by-side heatmaps:
+    ``measure`` is "path or expert", "shuffled meanings" or "token's majority meaning",
+    its accuracy in ``value``; other columns are kept."""
+    measures = {"path or expert": "accuracy", "shuffled meanings": "accuracy_shuffled",
+                "token's majority meaning": "majority_share"}
+    long = pd.concat([table.assign(measure=name, value=table[column]) for name, column in measures.items()],
+                     ignore_index=True)
+    long["measure"] = pd.Categorical(long["measure"], categories=list(measures), ordered=True)
+    return long
+
+
+def vocabulary_by_kind(ds: xr.Dataset, min_count: int = 5, seed: int = 0) -> pd.DataFrame:
+    """Return ``specialization.vocabulary_specialization`` for the input token and the true
+    next token, told apart by a ``token_kind`` column.
+
+    The predicted next token needs the model's predictions, which a routing trace does
+    not hold, so it is not computed here.
+    """
+    from moe_lib.analysis import specialization
+
+    return pd.concat([
+        specialization.vocabulary_specialization(ds, min_count=min_count, seed=seed).assign(token_kind="input token"),
+        specialization.vocabulary_specialization(ds, specialization.next_token_ids(ds), min_count=min_count,
+                                                 seed=seed).assign(token_kind="next token"),
+    ], ignore_index=True)
+
+
+def vocabulary_summary(table: pd.DataFrame, by: tuple[str, ...] = ("model", "token_kind", "layer")) -> pd.DataFrame:
+    """Return the occurrence-weighted mean vocabulary specialization and its shuffled-id
+    baseline per ``by`` group (columns ``specialization``, ``specialization_shuffled``,
+    ``n_occurrences``, ``n_token_ids``)."""
+    by = [c for c in by if c in table.columns]
+    weighted = table.assign(observed=table["specialization"] * table["n_occurrences"],
+                            chance=table["specialization_shuffled"] * table["n_occurrences"])
+    grouped = weighted.groupby(by, observed=True)
+    out = grouped[["observed", "chance", "n_occurrences"]].sum().reset_index()
+    out["specialization"] = out.pop("observed") / out["n_occurrences"]
+    out["specialization_shuffled"] = out.pop("chance") / out["n_occurrences"]
+    return out.assign(n_token_ids=grouped.size().to_numpy())
+
+
+def characteristic_summary(table: pd.DataFrame, layer: int, n_top: int = 5) -> pd.DataFrame:
+    """Return one row per model and expert of ``specialization.characteristic_tokens`` at
+    ``layer``: its ``n_top`` most characteristic tokens (quoted, so spaces show) and their
+    lifts, most characteristic first."""
+    part = table[(table["layer"] == layer) & (table["rank"] < n_top)].sort_values(["expert", "rank"])
+    by = [c for c in ("model", "expert") if c in part.columns]
+    grouped = part.groupby(by, observed=True)
+    return pd.DataFrame({
+        "tokens": grouped["token_str"].agg(lambda s: ", ".join(repr(str(t)) for t in s)),
+        "lifts": grouped["lift"].agg(lambda s: ", ".join(f"{v:.1f}" for v in s)),
+        "share_of_token": grouped["share_of_token"].mean(),
+    }).reset_index()
+
+
+def independent_layers(ds: xr.Dataset, seed: int = 0) -> xr.Dataset:
+    """Return a top-1 trace whose experts are each layer's own, shuffled across tokens
+    independently per layer: every layer keeps its load, the layers lose their link."""
+    from moe_lib.analysis.common import top1
+
+    rng = np.random.default_rng(seed)
+    routes = top1(ds)
+    shuffled = np.stack([rng.permutation(routes[:, i]) for i in range(routes.shape[1])], axis=1)
+    return xr.Dataset({"expert_id": (("token", "layer", "slot"), shuffled[:, :, None].astype(np.int16))},
+                      coords={"layer": ds["layer"].values, "slot": [0]}, attrs=dict(ds.attrs))
+
+
+def path_windows_with_baseline(ds: xr.Dataset, seed: int = 0) -> pd.DataFrame:
+    """Return ``paths.path_windows`` of the trace and of :func:`independent_layers`, told
+    apart by ``kind`` ("observed", "shuffled layers": names that sort in that order, as
+    facets do once the cache has dropped any categorical), with ``share_seen``: distinct
+    paths seen over the paths the tokens could reach (min of n_experts**length and n_tokens)."""
+    from moe_lib.analysis import paths
+
+    table = pd.concat([paths.path_windows(ds).assign(kind="observed"),
+                       paths.path_windows(independent_layers(ds, seed)).assign(kind="shuffled layers")],
+                      ignore_index=True)
+    return table.assign(share_seen=table["n_paths_seen"] / table["n_paths_reachable"])

@@ -133,3 +133,40 @@ def execute(path: Path, parameters: dict | None = None, timeout: int = 600) -> E
     printed = "".join(o.get("text", "") for o in notebook.cells[-1].outputs if o.get("name") == "stdout")
     values = ast.literal_eval(printed) if printed.strip() else []
     return Executed(notebook, dict(zip(expressions, values)))
+
+
+def save_figures(executed: Executed, text: str, out_dir: Path, prefix: str = "") -> list[Path]:
+    """Write the PNG of every ``fig-`` cell of an executed chapter to ``out_dir``; return the paths."""
+    import base64
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for label in figure_labels(text):
+        images = [o["data"]["image/png"] for o in executed.outputs_of(label) if "image/png" in o.get("data", {})]
+        for index, image in enumerate(images):
+            path = out_dir / f"{prefix}{label.removeprefix('fig-')}{f'-{index}' if index else ''}.png"
+            path.write_bytes(base64.b64decode(image))
+            written.append(path)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python tests/chapter_runner.py CHAPTER.qmd [--images DIR]``: run a chapter, report, save figures."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("chapter", type=Path)
+    parser.add_argument("--images", type=Path, help="write each labelled figure's PNG here")
+    parser.add_argument("--prefix", default="", help="prefix of the image file names")
+    args = parser.parse_args(argv)
+    executed = execute(args.chapter)
+    for expression, value in executed.inline_values.items():
+        print(f"{value:>12}  <- {expression}")
+    if args.images:
+        for path in save_figures(executed, read_chapter(args.chapter), args.images, args.prefix):
+            print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
