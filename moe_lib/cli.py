@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "moe_lib.commands.datasets",
     "moe_lib.commands.vocab",
     "moe_lib.commands.ablate",
+    "moe_lib.commands.build",
 ]
 
 
