@@ -22,6 +22,7 @@ trained first if need be; otherwise the error says to run ``python -m moe_lib bu
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import json
@@ -174,6 +175,28 @@ def _record(attrs: dict, kind: str, **extra) -> None:
     _used[row["cache_key"]] = row
 
 
+def _request(model: str, probe: str, step: int | str):
+    """Return ``(request, step)``: what identifies a model's probe trace, and the checkpoint step."""
+    if own_recipe(model) is None:
+        if step != "final":
+            raise ValueError(f"model {model!r}: only project models have checkpoints; step={step!r}")
+        return _hub_request(model, probe), None
+    steps = dict(schedule(model))
+    step = max(steps) if step == "final" else int(step)
+    if step not in steps:
+        raise ValueError(f"model {model!r}: no checkpoint at step {step}; its steps are {sorted(steps)}")
+    return _own_request(model, probe, step, steps[step]), step
+
+
+def trace_key(model: str, probe: str = "domains", step: int | str = "final") -> str:
+    """Return the cache key of a model's probe trace, computed without the store or the model."""
+    (name, identity, collect, texts, labels), step = _request(model, probe, step)
+    key = cache.cache_key(_expanded(identity, texts, labels, collect))
+    _record({"cache_name": name, "cache_key": key, "model": model, "step": "" if step is None else step},
+            kind="trace")
+    return key
+
+
 def trace(model: str, probe: str = "domains", step: int | str = "final") -> xr.Dataset:
     """Return a model's trace of a probe (lazy, from the cache; made first if missing).
 
@@ -184,19 +207,11 @@ def trace(model: str, probe: str = "domains", step: int | str = "final") -> xr.D
         (the polysemantic-token samples, with ``is_target`` and ``meaning``).
     step : a checkpoint's optimizer step, or ``"final"``; project models only.
     """
-    if own_recipe(model) is None:
-        if step != "final":
-            raise ValueError(f"model {model!r}: only project models have checkpoints; step={step!r}")
-        request = _hub_request(model, probe)
-        found = _open_if_cached(*request)
-        return found if found is not None else _trace_hub(model, *request)
-    steps = dict(schedule(model))
-    step = max(steps) if step == "final" else int(step)
-    if step not in steps:
-        raise ValueError(f"model {model!r}: no checkpoint at step {step}; its steps are {sorted(steps)}")
-    request = _own_request(model, probe, step, steps[step])
+    request, step = _request(model, probe, step)
     found = _open_if_cached(*request)
-    return found if found is not None else _trace_own(model, step, *request)
+    if found is not None:
+        return found
+    return _trace_hub(model, *request) if step is None else _trace_own(model, step, *request)
 
 
 def checkpoints(model: str, probe: str = "domains") -> dict[int, xr.Dataset]:
@@ -300,13 +315,19 @@ def table(name: str, traces, fn: Callable[..., pd.DataFrame], **params) -> pd.Da
     The key holds the traces' cache keys, ``params``, ``fn``'s name and
     :func:`analysis_version`, so a change of data, parameters or code makes a new table.
     """
-    version = analysis_version(fn)
-    identity = {"table": name, "traces": _keys(traces), "fn": f"{fn.__module__}.{fn.__qualname__}",
-                "params": params, "analysis_version": version}
-    result = cache.cached_table(name, identity, lambda: fn(traces, **params))
     first = traces if isinstance(traces, xr.Dataset) else next(iter(
         traces.values() if isinstance(traces, Mapping) else traces))
-    _record({"cache_name": name, "cache_key": cache.cache_key(identity), "model": first.attrs.get("model", "")},
+    return _table(name, _keys(traces), lambda: traces, fn, params, first.attrs.get("model", ""))
+
+
+def _table(name: str, trace_keys, load: Callable, fn: Callable, params: dict, model: str) -> pd.DataFrame:
+    """Return the cached table of ``fn`` over the traces keyed ``trace_keys``; ``load()``
+    gives the traces, called only when the table must be computed."""
+    version = analysis_version(fn)
+    identity = {"table": name, "traces": trace_keys, "fn": f"{fn.__module__}.{fn.__qualname__}",
+                "params": params, "analysis_version": version}
+    result = cache.cached_table(name, identity, lambda: fn(load(), **params))
+    _record({"cache_name": name, "cache_key": cache.cache_key(identity), "model": model},
             kind="table", analysis_version=version)
     return result
 
@@ -317,12 +338,18 @@ def per_model(name: str, model_list, fn: Callable[..., pd.DataFrame], probe: str
     ``model`` column (ordered as ``model_list``) for faceting.
 
     ``traces`` is the model's final trace of ``probe``, or with ``over_checkpoints`` the
-    mapping :func:`checkpoints` returns (project models only).
+    mapping :func:`checkpoints` returns (project models only). The traces' keys are
+    computed, not read, so a cached table is served without opening (or having) its
+    traces; they are opened, or made, only when the table must be computed.
     """
     parts = []
     for model in model_list:
-        traces = checkpoints(model, probe) if over_checkpoints else trace(model, probe)
-        parts.append(table(name, traces, fn, **params).assign(model=model))
+        if over_checkpoints:
+            keys = [[str(tokens), trace_key(model, probe, step)] for step, tokens in schedule(model)]
+            load = functools.partial(checkpoints, model, probe)
+        else:
+            keys, load = trace_key(model, probe), functools.partial(trace, model, probe)
+        parts.append(_table(name, keys, load, fn, params, model).assign(model=model))
     out = pd.concat(parts, ignore_index=True)
     out["model"] = pd.Categorical(out["model"], categories=list(dict.fromkeys(model_list)), ordered=True)
     return out
@@ -374,6 +401,6 @@ def provenance() -> pd.DataFrame:
 
 __all__ = [
     "PROJECT_MODELS", "MissingDataError", "analysis_version", "cached_models", "checkpoints", "models",
-    "own_recipe", "per_model", "provenance", "schedule", "table", "trace", "train_tiny",
+    "own_recipe", "per_model", "provenance", "schedule", "table", "trace", "trace_key", "train_tiny",
     "training_metrics", "with_checkpoints",
 ]

@@ -205,3 +205,16 @@ def test_build_runs_the_parameters_setup_and_data_cells_of_a_chapter():
         assert any("label: data" in s for s in sources), f"{path}: no cell labelled data"
         assert any("label: setup" in s for s in sources), f"{path}: no setup cell"
         assert not any("label: fig-" in s for s in sources)
+
+
+def test_trace_key_is_the_stores_key_and_tables_need_no_trace_once_cached(workspace, tmp_path, monkeypatch):
+    assert site.trace_key("standard-tiny") == site.trace("standard-tiny").attrs["cache_key"]
+    first = site.per_model("balance-test-3", ["standard-tiny"], distribution.load_balance)
+    # a clone holding only the table: the trace store is gone, the table is still served
+    for path in cache.list_stores()["path"]:
+        shutil.copytree(path, tmp_path / Path(path).name)
+    monkeypatch.setenv("MOE_LIB_CACHE", str(tmp_path))
+    shutil.rmtree(next(tmp_path.glob("probe-domains-standard-tiny-*.zarr")))
+    monkeypatch.setattr(site, "_trace_own", lambda *a, **k: pytest.fail("traced for a cached table"))
+    pd.testing.assert_frame_equal(first, site.per_model("balance-test-3", ["standard-tiny"],
+                                                        distribution.load_balance))
