@@ -58,7 +58,7 @@ def test_reusing_grid_gives_the_naive_numbers(any_family_model, tokenizer):
     np.testing.assert_allclose(reused["nll_sum"], naive["nll_sum"], rtol=1e-5)
     # and the grid did change something: top-1 everywhere costs loss
     per_condition = reused.groupby("condition")["nll_sum"].sum()
-    assert per_condition["slots 0 | all"] != per_condition[BASELINE]
+    assert per_condition["slots 0 | layers all"] != per_condition[BASELINE]
 
 
 def test_baseline_loss_is_the_models_own(tokenizer):
@@ -153,7 +153,7 @@ def _toy_results():
     for item in range(200):
         subject = "algebra" if item < 100 else "law"
         correct = rng.random() < (0.8 if subject == "algebra" else 0.4)
-        for condition, is_correct in [(BASELINE, correct), ("slots 0 | all", correct and item % 2 == 0)]:
+        for condition, is_correct in [(BASELINE, correct), ("slots 0 | layers all", correct and item % 2 == 0)]:
             labels = {"condition": condition, "item": item, "subject": subject, "correct": is_correct}
             rows.append({**Condition().columns(), **labels})
     return pd.DataFrame(rows)
@@ -229,7 +229,7 @@ def test_ablate_command_writes_the_grid_and_lens_to_the_cache(tmp_path, monkeypa
     assert len(grid) == 4 * 28 and set(grid["domain"]) == {"code", "speech"}
     assert grid["n_predicted"].max() == 31 and (grid["model"] == str(model_dir)).all()  # 32 tokens kept
     lens = cached_results("lens-heldout")
-    assert set(lens["condition"]) == {BASELINE, "slots 0 | all", "slots 0 | all | random"}
+    assert set(lens["condition"]) == {BASELINE, "slots 0 | layers all", "slots 0 | layers all | random"}
 
     _write_mmlu_csv(tmp_path / "mmlu")
     mmlu = ["ablate", str(model_dir), "--benchmark", "mmlu", "--mmlu-source", "csv", "--mmlu-root", str(tmp_path / "mmlu")]

@@ -53,10 +53,10 @@ class Condition:
 
     @property
     def name(self) -> str:
-        """Return a unique, readable label, e.g. ``"slots 0 | last:2 | renorm | random"``."""
+        """Return a unique, readable label, e.g. ``"slots 0 | layers last:2 | renorm | random"``."""
         if self.is_baseline:
             return BASELINE
-        layers = self.layers if isinstance(self.layers, str) else "layers " + ",".join(map(str, self.layers))
+        layers = "layers " + (self.layers if isinstance(self.layers, str) else ",".join(map(str, self.layers)))
         parts = [f"slots {self.slots}" if self.slots else "", "shared" if self.shared else "", layers]
         parts += ["renorm" if self.renormalize else "", "random" if self.random_control else ""]
         return " | ".join(p for p in parts if p)
