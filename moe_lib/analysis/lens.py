@@ -185,7 +185,9 @@ def summarize_lens(lens: pd.DataFrame, by: Sequence[str] = ()) -> pd.DataFrame:
     return summary.reset_index()
 
 
-def lens_difference(ablated: pd.DataFrame, baseline: pd.DataFrame, keys: Sequence[str] = ("item", "pos", "layer")) -> pd.DataFrame:
+def lens_difference(
+    ablated: pd.DataFrame, baseline: pd.DataFrame, keys: Sequence[str] = ("item", "pos", "layer")
+) -> pd.DataFrame:
     """Return the ablated lens minus the baseline lens, row by row on ``keys``.
 
     Columns: ``keys``, ``target_id``, and for each of ``prob``, ``logprob``, ``rank`` the
@@ -194,7 +196,10 @@ def lens_difference(ablated: pd.DataFrame, baseline: pd.DataFrame, keys: Sequenc
     keys = list(keys)
     values = ["prob", "logprob", "rank"]
     merged = ablated[[*keys, "target_id", *values]].merge(
-        baseline[[*keys, "target_id", *values]], on=[*keys, "target_id"], suffixes=("", "_baseline"), validate="one_to_one"
+        baseline[[*keys, "target_id", *values]],
+        on=[*keys, "target_id"],
+        suffixes=("", "_baseline"),
+        validate="one_to_one",
     )
     if len(merged) != len(ablated) or len(merged) != len(baseline):
         raise ValueError(
