@@ -249,11 +249,31 @@ def _trace_own(model: str, step: int, name, identity, collect, texts, labels) ->
             f"and no checkpoint at {path} to trace. Run `python -m moe_lib build` to train the "
             "project's models and trace their probes."
         )
+    _check_run(model, path)
     loaded = load_model(path, AutoModelForCausalLM).eval()
     tokenizer = AutoTokenizer.from_pretrained(PROJECT_ROOT / "datasets" / "tokenizer")
     ds = cache.cached_trace(name, identity, loaded, tokenizer, texts, labels=labels, progress=False, **collect)
     _record(ds.attrs, kind="trace")
     return ds
+
+
+def _check_run(model: str, path: Path) -> None:
+    """Raise unless the checkpoint or run folder ``path`` was trained with today's recipe.
+
+    A run of an older recipe (another hash) must not be traced under the new recipe's
+    identity: its traces would be served as the new model's.
+    """
+    import json
+
+    from moe_lib.checkpoints import verify
+
+    _, _, recipe = _require_own(model)
+    state = verify(path) if (path / "manifest.json").exists() else json.loads((path / "run.json").read_text())
+    if state["recipe_hash"] != recipe.hash():
+        raise MissingDataError(
+            f"{path}: trained with recipe hash {state['recipe_hash']}, but the code's {model} recipe is "
+            f"{recipe.hash()}; move the old run away and run `python -m moe_lib build` to retrain"
+        )
 
 
 def train_tiny(model: str) -> Path:
@@ -375,6 +395,8 @@ def training_metrics(model: str) -> pd.DataFrame:
     def read() -> pd.DataFrame:
         if not path.is_file() and model.endswith("-tiny"):
             train_tiny(model)
+        if path.is_file():
+            _check_run(model, path.parent)
         if not path.is_file():
             raise MissingDataError(f"model {model!r}: no cached training metrics and no {path}; "
                                    "run `python -m moe_lib build`")

@@ -218,3 +218,18 @@ def test_trace_key_is_the_stores_key_and_tables_need_no_trace_once_cached(worksp
     monkeypatch.setattr(site, "_trace_own", lambda *a, **k: pytest.fail("traced for a cached table"))
     pd.testing.assert_frame_equal(first, site.per_model("balance-test-3", ["standard-tiny"],
                                                         distribution.load_balance))
+
+
+def test_a_checkpoint_of_another_recipe_is_not_traced_as_this_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("MOE_LIB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("MOE_LIB_MODELS", str(tmp_path / "models"))
+    checkpoint = _untrained_checkpoint(tmp_path / "models", "standard-tiny")
+    state = json.loads((checkpoint / "state.json").read_text())
+    from moe_lib import checkpoints
+    from transformers import AutoModelForCausalLM
+
+    model = checkpoints.load_model(checkpoint, AutoModelForCausalLM)
+    checkpoints.save(checkpoint.parent, state["step"], model, {}, {**state, "recipe_hash": "an-older-recipe"})
+    with pytest.raises(site.MissingDataError, match="an-older-recipe"):
+        site.trace("standard-tiny")
+    assert cache.list_stores().empty
