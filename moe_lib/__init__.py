@@ -7,6 +7,8 @@ The names most sessions need::
         model(**batch)
         record = cap.pop()
     ds = moe_lib.collect_trace(model, tokenizer, texts)   # an xarray.Dataset
+    with moe_lib.ablate(model, layers="last:2", slots=[0]):  # remove each token's top-1
+        model(**batch)
 """
 
 __version__ = "0.1.0"
@@ -15,8 +17,9 @@ __version__ = "0.1.0"
 # `moe_lib.capture(model)` is the context manager; `from moe_lib.capture import ...` still
 # reaches the module through sys.modules.
 from moe_lib.capture import capture  # noqa: E402
+from moe_lib.interventions import ablate  # noqa: E402
 from moe_lib.models.registry import load  # noqa: E402
 from moe_lib.trace_store import open_trace  # noqa: E402
 from moe_lib.traces import collect_trace  # noqa: E402
 
-__all__ = ["capture", "collect_trace", "load", "open_trace", "__version__"]
+__all__ = ["ablate", "capture", "collect_trace", "load", "open_trace", "__version__"]
