@@ -220,19 +220,45 @@ def _target_rows(ds: xr.Dataset) -> xr.Dataset:
 
 
 def path_groups_table(ds: xr.Dataset, targets_only: bool = False, min_tokens: int = 20, max_groups: int = 30,
-                      n_examples: int = 2, seed: int = 0) -> pd.DataFrame:
+                      n_examples: int = 2, n_shuffles: int = 5, seed: int = 0) -> pd.DataFrame:
     """Return ``paths.path_groups`` over every layer, its example contexts joined into one string.
 
-    With ``targets_only`` only the contextual probe's target occurrences are grouped (their
-    contexts still come from the whole sample). ``examples`` holds the contexts, the token
-    marked [[ ]], separated by `` | ``, so the table can be cached as plain columns.
+    ``examples`` holds the contexts, the token marked [[ ]], separated by `` | ``, so the
+    table can be cached as plain columns. With ``targets_only`` (the contextual probe)
+    the groups are formed within each target's occurrences, so that a group's meaning
+    purity is not diluted by other tokens' meanings. Extra columns then: ``target``;
+    ``meaning_majority_share``, the share of the target's most common meaning; and
+    ``meaning_purity_shuffled``, the group's purity with meanings shuffled among the
+    target's occurrences (mean over ``n_shuffles``): the purity that a group of that size
+    reaches by chance, which for small groups is well above the majority share.
     """
     from moe_lib.analysis import paths
 
-    tokens = np.asarray(ds["is_target"].values, bool) if targets_only else None
-    table = paths.path_groups(ds, min_tokens=min_tokens, max_groups=max_groups, n_examples=n_examples,
-                              tokens=tokens, seed=seed)
-    return table.assign(examples=table["examples"].map(lambda contexts: " | ".join(contexts)))
+    if not targets_only:
+        table = paths.path_groups(ds, min_tokens=min_tokens, max_groups=max_groups, n_examples=n_examples, seed=seed)
+        return table.assign(examples=table["examples"].map(lambda contexts: " | ".join(contexts)))
+    ds = ds.load()  # one read for every target's passes over the trace
+    rng = np.random.default_rng(seed)
+    is_target = np.asarray(ds["is_target"].values, bool)
+    owner, meaning = np.asarray(ds["target"].values, object), np.asarray(ds["meaning"].values, object)
+    parts = []
+    for target in targets(ds):
+        mask = is_target & (owner == target)
+        rows = np.flatnonzero(mask)
+        options = dict(min_tokens=min_tokens, max_groups=max_groups, labels=("meaning",), tokens=mask, seed=seed)
+        table = paths.path_groups(ds, n_examples=n_examples, **options)
+        shuffled = []
+        for _ in range(n_shuffles):
+            permuted = meaning.copy()
+            permuted[rows] = rng.permutation(meaning[rows])
+            # The routes are unchanged, so the groups and their order are the same.
+            again = paths.path_groups(ds.assign_coords(meaning=("token", permuted)), n_examples=0, **options)
+            shuffled.append(again["meaning_purity"].to_numpy())
+        majority = pd.Series(meaning[rows]).value_counts(normalize=True).iloc[0]
+        parts.append(table.assign(target=target, meaning_majority_share=majority,
+                                  meaning_purity_shuffled=np.mean(shuffled, axis=0) if len(table) else []))
+    table = pd.concat(parts, ignore_index=True).sort_values("n_tokens", ascending=False, kind="stable")
+    return table.assign(examples=table["examples"].map(lambda contexts: " | ".join(contexts))).reset_index(drop=True)
 
 
 def paths_to_cover_with_baseline(ds: xr.Dataset, label: str = "domain", shares=(0.8, 0.95), n_shuffles: int = 5,
@@ -387,3 +413,16 @@ def path_windows_with_baseline(ds: xr.Dataset, seed: int = 0) -> pd.DataFrame:
                        paths.path_windows(independent_layers(ds, seed)).assign(kind="shuffled layers")],
                       ignore_index=True)
     return table.assign(share_seen=table["n_paths_seen"] / table["n_paths_reachable"])
+
+
+def group_purity_summary(groups: pd.DataFrame) -> pd.DataFrame:
+    """Return per model the token-weighted mean meaning purity of ``path_groups_table``
+    groups (``targets_only``), of its shuffled baseline and of the majority share, with
+    ``n_groups`` and ``n_tokens`` (occurrences in groups)."""
+    columns = ["meaning_purity", "meaning_purity_shuffled", "meaning_majority_share"]
+    by = [c for c in ("model",) if c in groups.columns]
+    weighted = groups[columns].mul(groups["n_tokens"], axis=0).assign(n_tokens=groups["n_tokens"])
+    grouped = weighted.groupby([groups[c] for c in by] or np.zeros(len(groups)), observed=True)
+    out = grouped.sum()
+    out[columns] = out[columns].div(out["n_tokens"], axis=0)
+    return out.assign(n_groups=grouped.size()).reset_index(drop=not by)
