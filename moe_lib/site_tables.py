@@ -337,10 +337,11 @@ def path_context_by_target(ds: xr.Dataset, n_permutations: int = 200, seed: int 
 def meaning_prediction_long(table: pd.DataFrame) -> pd.DataFrame:
     """Return ``paths.meaning_prediction`` rows in long form for side-by-side heatmaps:
     ``measure`` is "path or expert", "shuffled meanings" or "token's majority meaning",
-    its accuracy in ``value``; other columns are kept."""
+    its share of meanings guessed right in ``accuracy``; the window columns are kept."""
     measures = {"path or expert": "accuracy", "shuffled meanings": "accuracy_shuffled",
                 "token's majority meaning": "majority_share"}
-    long = pd.concat([table.assign(measure=name, value=table[column]) for name, column in measures.items()],
+    rest = table.drop(columns=list(measures.values()))
+    long = pd.concat([rest.assign(measure=name, accuracy=table[column]) for name, column in measures.items()],
                      ignore_index=True)
     long["measure"] = pd.Categorical(long["measure"], categories=list(measures), ordered=True)
     return long
@@ -405,14 +406,14 @@ def independent_layers(ds: xr.Dataset, seed: int = 0) -> xr.Dataset:
 def path_windows_with_baseline(ds: xr.Dataset, seed: int = 0) -> pd.DataFrame:
     """Return ``paths.path_windows`` of the trace and of :func:`independent_layers`, told
     apart by ``kind`` ("observed", "shuffled layers": names that sort in that order, as
-    facets do once the cache has dropped any categorical), with ``share_seen``: distinct
+    facets do once the cache has dropped any categorical), with ``seen_over_reachable``: distinct
     paths seen over the paths the tokens could reach (min of n_experts**length and n_tokens)."""
     from moe_lib.analysis import paths
 
     table = pd.concat([paths.path_windows(ds).assign(kind="observed"),
                        paths.path_windows(independent_layers(ds, seed)).assign(kind="shuffled layers")],
                       ignore_index=True)
-    return table.assign(share_seen=table["n_paths_seen"] / table["n_paths_reachable"])
+    return table.assign(seen_over_reachable=table["n_paths_seen"] / table["n_paths_reachable"])
 
 
 def group_purity_summary(groups: pd.DataFrame) -> pd.DataFrame:

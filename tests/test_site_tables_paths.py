@@ -60,7 +60,7 @@ def test_independent_layers_keep_each_layers_load_and_break_their_link():
     for first in (0, 1):  # one layer alone is the same either way
         assert windows.loc[("observed", first, 1), "entropy_bits"] == windows.loc[("shuffled layers", first, 1),
                                                                                  "entropy_bits"]
-    assert windows.loc[("observed", 0, 2), "share_seen"] == pytest.approx(2 / 16)
+    assert windows.loc[("observed", 0, 2), "seen_over_reachable"] == pytest.approx(2 / 16)
 
 
 def test_experts_that_split_domains_need_one_path_each_against_two_by_chance():
@@ -127,7 +127,8 @@ def test_meaning_prediction_long_stacks_accuracy_and_both_baselines():
     long = site_tables.meaning_prediction_long(table)
     assert len(long) == 3 * len(table)
     assert list(long["measure"].cat.categories) == ["path or expert", "shuffled meanings", "token's majority meaning"]
-    np.testing.assert_array_equal(long.loc[long["measure"] == "shuffled meanings", "value"],
+    assert "accuracy_shuffled" not in long and "first_layer" in long
+    np.testing.assert_array_equal(long.loc[long["measure"] == "shuffled meanings", "accuracy"],
                                   table["accuracy_shuffled"])
 
 
