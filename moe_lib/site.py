@@ -305,11 +305,28 @@ def models(requested=None) -> list[str]:
     return requested + [m for m in cached_models() if m not in requested]
 
 
+def _code_modules(module) -> list:
+    """Return ``module`` and every moe_lib module its globals reach (transitively), by name."""
+    found, todo = {}, [module]
+    while todo:
+        current = todo.pop()
+        if current is None or current.__name__ in found:
+            continue
+        found[current.__name__] = current
+        for value in vars(current).values():
+            owner = value if inspect.ismodule(value) else inspect.getmodule(value)
+            if owner is not None and owner.__name__.startswith("moe_lib.") and owner.__name__ not in found:
+                todo.append(owner)
+    return [found[name] for name in sorted(found)]
+
+
 def analysis_version(fn: Callable) -> str:
-    """Return a hash of the source of ``fn``'s module and TABLES_VERSION: a table's code version."""
+    """Return a table's code version: a hash of TABLES_VERSION, ``fn``'s name and the source of
+    its module and of every moe_lib module that module uses (e.g. the analysis modules a
+    ``site_tables`` function calls), so a change in any of them makes new tables."""
     module = inspect.getmodule(fn)
-    source = inspect.getsource(module) if module is not None else inspect.getsource(fn)
-    text = f"{TABLES_VERSION}:{module.__name__ if module else ''}.{fn.__qualname__}:{source}"
+    sources = [inspect.getsource(m) for m in _code_modules(module)] if module else [inspect.getsource(fn)]
+    text = "\0".join([f"{TABLES_VERSION}:{fn.__module__}.{fn.__qualname__}", *sources])
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 

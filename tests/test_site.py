@@ -233,3 +233,11 @@ def test_a_checkpoint_of_another_recipe_is_not_traced_as_this_one(tmp_path, monk
     with pytest.raises(site.MissingDataError, match="an-older-recipe"):
         site.trace("standard-tiny")
     assert cache.list_stores().empty
+
+
+def test_analysis_version_covers_the_analysis_modules_a_site_table_calls():
+    import inspect
+
+    names = [m.__name__ for m in site._code_modules(inspect.getmodule(site_tables.meaning_flow_of))]
+    assert {"moe_lib.site_tables", "moe_lib.analysis.crosslayer", "moe_lib.analysis.common"} <= set(names)
+    assert site.analysis_version(site_tables.meaning_flow_of) != site.analysis_version(site_tables.targets)
