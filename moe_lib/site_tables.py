@@ -174,10 +174,16 @@ def model_table(models: list[str]) -> pd.DataFrame:
 
     Columns model, layers, experts, top_k, hidden, parameters and active_parameters
     (millions), training_tokens, val_loss (final checkpoint, nats per token over every
-    held-out domain).
+    held-out domain), and the n-gram baselines of ``datasets/tokenizer/corpus_stats.json``
+    (unigram and the better bigram, nats per token over the whole validation split).
     """
+    import json
+
     from moe_lib import site
 
+    stats = json.loads((site.PROJECT_ROOT / "datasets" / "tokenizer" / "corpus_stats.json").read_text())
+    baselines = {row["model"]: row["nats_per_token"] for row in stats["ngram_baselines"] if row["domain"] == "all"}
+    bigram = min(v for k, v in baselines.items() if k.startswith("bigram"))
     rows = []
     for model in site.with_checkpoints(models):
         _, _, recipe = site.own_recipe(model)
@@ -188,7 +194,8 @@ def model_table(models: list[str]) -> pd.DataFrame:
             "model": model, "layers": recipe.n_layers, "experts": recipe.n_experts, "top_k": recipe.top_k,
             "hidden": recipe.hidden_size, "parameters_M": counts["parameters"] / 1e6,
             "active_parameters_M": counts["active_parameters"] / 1e6, "training_tokens": recipe.n_tokens,
-            "val_loss": float(final["val_loss"].iloc[0]),
+            "val_loss": float(final["val_loss"].iloc[0]), "unigram_loss": baselines["unigram"],
+            "bigram_loss": bigram,
         })
     return pd.DataFrame(rows)
 
