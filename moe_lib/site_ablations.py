@@ -1,0 +1,268 @@
+"""The ablations chapter's data: the expert-ablation grid and the logit lens of every model
+whose results are cached, run first for the project's own models when missing.
+
+The tables are those of ``python -m moe_lib ablate`` (:mod:`moe_lib.commands.ablate`), in the
+same stores under the same keys: a hub model's run on a GPU and a project model's run here
+land side by side, and :func:`ablation_tables` reads them all. A project model whose final
+checkpoint is on disk is looked up by the key its weights give (so a retrained model is
+run afresh, never served an old table); without its checkpoint (a fresh clone), the
+committed tables of that name are read back.
+
+The summaries turn per-item rows into what the chapter plots: values with bootstrap
+intervals, each targeted condition beside its random control.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from plotnine import (
+    aes, geom_line, geom_point, geom_segment, geom_vline, ggplot, labs, position_nudge,
+    scale_colour_manual, scale_x_continuous,
+)
+
+from moe_lib.analysis import ablation
+from moe_lib.analysis.lens import summarize_lens
+from moe_lib.plots import theme_moe
+
+BENCHMARKS = ("heldout", "mmlu")
+# Zero-shot MMLU prompts: five solved questions overflow our models' 256 positions.
+N_SHOTS = 0
+
+
+def ablate_arguments(model: str, benchmark: str, **options) -> argparse.Namespace:
+    """Return the arguments ``python -m moe_lib ablate MODEL --benchmark ...`` would get:
+    the command's defaults, zero-shot MMLU, the site's corpus, and ``options`` on top."""
+    from moe_lib import site
+    from moe_lib.commands import ablate
+
+    parser = argparse.ArgumentParser()
+    ablate.add_command(parser.add_subparsers())
+    args = parser.parse_args(["ablate", model, "--benchmark", benchmark, "--n-shots", str(N_SHOTS),
+                              "--corpus", str(site.corpus_dir() / "validation.jsonl")])
+    for name, value in options.items():
+        if not hasattr(args, name):
+            raise ValueError(f"option {name!r}: not an argument of `python -m moe_lib ablate`")
+        setattr(args, name, value)
+    return args
+
+
+def final_checkpoint(model: str):
+    """Return the final checkpoint folder of a project model (a tiny one is trained if
+    missing), or None where it is not on disk."""
+    from moe_lib import site
+
+    step = max(step for step, _ in site.schedule(model))
+    path = site._checkpoint_dir(model, step)
+    if not path.is_dir() and model.endswith("-tiny"):
+        site.train_tiny(model)
+    if not path.is_dir():
+        return None
+    site._check_run(model, path)
+    return path
+
+
+def run_own(model: str, benchmark: str, **options) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """Return ``(grid rows, lens rows)`` of a project model from the cache, running the
+    ``ablate`` command's grid and lens on its final checkpoint if missing; None without one.
+
+    Keys are those of the command: the model's name, the sha256 of its weights, the
+    benchmark, the sample's fingerprint, its length limit, the seed and the grid.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import moe_lib.models.cross_layer  # noqa: F401  registers moe_crosslayer with AutoModel
+    from moe_lib.cache import cached_table, fingerprint
+    from moe_lib.checkpoints import load_model
+    from moe_lib.commands import ablate
+    from moe_lib.models.registry import PROJECT_ROOT, model_identity
+
+    path = final_checkpoint(model)
+    if path is None:
+        return None
+    loaded = load_model(path, AutoModelForCausalLM).eval()
+    tokenizer = AutoTokenizer.from_pretrained(PROJECT_ROOT / "datasets" / "tokenizer")
+    args = ablate_arguments(model, benchmark, **options)
+    positions = int(loaded.config.max_position_embeddings)
+    # The command's lengths (the model's positions for MMLU, 256 tokens of text), within the positions.
+    args.max_length = args.max_length or (positions if benchmark == "mmlu" else min(256, positions))
+    texts, labels = _items(args)
+    identity = {
+        **model_identity(loaded, name=model),
+        "dtype": str(next(loaded.parameters()).dtype).removeprefix("torch."),
+        "benchmark": benchmark, "sample": fingerprint(texts, labels), "max_length": args.max_length,
+        "seed": args.seed, "ablation_version": ablate.ABLATION_VERSION,
+    }
+    grid = cached_table(f"ablation-{benchmark}", {**identity, "grid": args.grid},
+                        lambda: ablate._grid_table(args, loaded, tokenizer, texts, labels))
+    lens = cached_table(f"lens-{benchmark}", identity,
+                        lambda: ablate._lens_table(args, loaded, tokenizer, texts, labels))
+    return grid, lens
+
+
+def _items(args) -> tuple[list[str], dict]:
+    from moe_lib import site
+    from moe_lib.commands import ablate
+
+    if args.benchmark == "heldout":
+        return ablate.heldout_items(args)
+    try:
+        return ablate.mmlu_items(args)
+    except FileNotFoundError as error:
+        raise site.MissingDataError(f"{error} (MMLU for the ablations chapter)") from error
+
+
+def latest_cached(name: str) -> pd.DataFrame:
+    """Return :func:`~moe_lib.analysis.ablation.cached_results` keeping, per model, only the
+    store written last (a model run twice, e.g. before and after retraining, shows once)."""
+    from moe_lib.cache import list_stores
+
+    results = ablation.cached_results(name)
+    if results.empty:
+        return results
+    stores = list_stores()
+    written = {key: (Path(path).stat().st_mtime, key) for key, path in zip(stores["key"], stores["path"])}
+    runs = results[["model", "cache_key"]].drop_duplicates()
+    # ties (a fresh clone's files share one time) go to the larger key: one run per model
+    newest = runs.groupby("model")["cache_key"].agg(lambda keys: max(keys, key=written.__getitem__))
+    return results[results["cache_key"].isin(set(newest))].reset_index(drop=True)
+
+
+def ablation_tables(benchmark: str, models: list[str], **options) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Return ``(grid rows, lens rows)`` on ``benchmark`` of every model with results.
+
+    The project models of ``models`` are run first where their results are missing
+    (:func:`run_own`); then every other model whose results are cached is added (tiny
+    test presets only when asked for). Both tables carry a categorical ``model`` column
+    ordered as ``models``, then the others by name.
+    """
+    if benchmark not in BENCHMARKS:
+        raise ValueError(f"benchmark {benchmark!r}: choose from {BENCHMARKS}")
+    from moe_lib import site
+
+    grids, lenses, ran = [], [], []
+    for model in models:
+        found = run_own(model, benchmark, **options) if site.own_recipe(model) else None
+        if found is not None:
+            grids.append(found[0].assign(model=model))
+            lenses.append(found[1].assign(model=model))
+            ran.append(model)
+    for frames, name in ((grids, f"ablation-{benchmark}"), (lenses, f"lens-{benchmark}")):
+        cached = latest_cached(name)
+        if not cached.empty:
+            wanted = cached["model"].isin(models) | ~cached["model"].str.endswith("-tiny")
+            frames.append(cached[wanted & ~cached["model"].isin(ran)].drop(columns="cache_key"))
+    grid, lens = (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame() for frames in (grids, lenses))
+    order = list(dict.fromkeys([m for m in models if m in set(grid.get("model", []))]
+                               + sorted(set(grid.get("model", [])) - set(models))))
+    for table in (grid, lens):
+        if not table.empty:
+            table["model"] = pd.Categorical(table["model"], categories=order, ordered=True)
+    return grid, lens
+
+
+# -- summaries ----------------------------------------------------------------------------
+def _cell_label(row) -> str:
+    """Return a condition's grid cell without its control flag, e.g. ``"top-1 · last:2 · renorm"``."""
+    if row["condition"] == ablation.BASELINE:
+        return "baseline"
+    slots = {"0": "top-1", "all": "all k"}.get(row["slots"], f"slots {row['slots']}")
+    return " · ".join([slots, row["layers"], *(["renorm"] if row["renormalize"] else [])])
+
+
+def grid_summary(grid: pd.DataFrame, by: tuple[str, ...] = (), seed: int = 0) -> pd.DataFrame:
+    """Return per model (and ``by``) and condition the score with its bootstrap interval and
+    its paired difference from the baseline.
+
+    Next-token loss (nats per token) for held-out rows, accuracy (with ``chance``) for
+    MMLU rows. Adds ``cell`` (the condition without its control flag, in grid order) and
+    ``removed`` (``"chosen experts"``, ``"random control"`` or ``"none"``) so that every
+    condition sits beside its control.
+    """
+    is_mmlu = "correct" in grid.columns
+    parts = []
+    for model, rows in grid.groupby("model", observed=True, sort=True):
+        summary = (ablation.summarize_accuracy(rows, by=by, seed=seed) if is_mmlu
+                   else ablation.summarize_loss(rows, by=by, seed=seed))
+        parts.append(summary.assign(model=model))
+    table = pd.concat(parts, ignore_index=True).rename(columns={"accuracy": "value", "loss": "value"})
+    table["cell"] = table.apply(_cell_label, axis=1)
+    table["cell"] = pd.Categorical(table["cell"], categories=list(dict.fromkeys(table["cell"])), ordered=True)
+    table["removed"] = np.where(table["condition"] == ablation.BASELINE, "none",
+                                np.where(table["random_control"], "random control", "chosen experts"))
+    table["model"] = pd.Categorical(table["model"], categories=grid["model"].cat.categories, ordered=True)
+    return table.assign(measure="accuracy" if is_mmlu else "loss")
+
+
+def grid_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """Return the grid as a wide table, per model and cell: the baseline's value with its 95 %
+    interval, and for the chosen experts and the random control the value, then the paired
+    difference from the baseline with its interval, as text, 3 decimals."""
+    def text(row) -> str:
+        if row["removed"] == "none":
+            return f"{row['value']:.3f} [{row['lo']:.3f}, {row['hi']:.3f}]"
+        return f"{row['value']:.3f} ({row['delta']:+.3f} [{row['delta_lo']:+.3f}, {row['delta_hi']:+.3f}])"
+
+    wide = summary.assign(text=summary.apply(text, axis=1)).pivot_table(
+        index=["model", "cell"], columns="removed", values="text", aggfunc="first", observed=True)
+    wide = wide.reindex(columns=[c for c in ("none", "chosen experts", "random control") if c in wide.columns])
+    return wide.fillna("").rename(columns={"none": "baseline"}).reset_index().rename_axis(columns=None)
+
+
+def lens_by_layer(lens: pd.DataFrame) -> pd.DataFrame:
+    """Return the lens per model, lens condition and layer, pooled over domains or questions:
+    ``prob`` (mean probability of the correct token) and ``top1`` (share where it ranks first
+    over the vocabulary), as long rows (``measure``, ``value``), with ``condition`` labels."""
+    keys = ["model", "condition", "random_control", "layer"]
+    if "item" in lens.columns:  # per-question MMLU rows: summarise them here
+        pooled = summarize_lens(lens, by=keys[:3])
+    else:  # held-out rows are summaries per domain: pool them weighted by their tokens
+        weighted = lens[["prob", "top1"]].mul(lens["n"], axis=0).assign(n=lens["n"])
+        pooled = weighted.groupby([lens[k] for k in keys], observed=True).sum()
+        pooled = pooled[["prob", "top1"]].div(pooled["n"], axis=0).reset_index()
+    long = pooled.melt(id_vars=keys, value_vars=["prob", "top1"], var_name="measure", value_name="value")
+    names = {"prob": "P(correct token)", "top1": "correct token ranked first"}
+    return long.assign(measure=long["measure"].map(names))
+
+
+# -- figures ------------------------------------------------------------------------------
+REMOVED_COLOURS = {"chosen experts": "#d7301f", "random control": "#525252"}
+LENS_COLOURS = {"baseline": "#2b8cbe", "top-1 · all": "#d7301f", "top-1 · all · random": "#525252"}
+
+
+def grid_plot(summary: pd.DataFrame) -> ggplot:
+    """Return the grid figure: per cell (rows, grid order from the top), the chosen experts'
+    and the random control's difference from the baseline with its paired 95 % interval,
+    side by side; 0 (solid) is the baseline, and for MMLU the dashed line is chance. Facet
+    it by model (and domain), with free scales where models have different layer counts."""
+    rest = summary[summary["removed"] != "none"]
+    order = [c for c in summary["cell"].cat.categories[::-1] if c != "baseline"]
+    rest = rest.assign(cell=pd.Categorical(rest["cell"].astype(str), categories=order, ordered=True))
+    plot = ggplot(rest, aes(y="cell", colour="removed")) + geom_vline(xintercept=0, colour="#2b8cbe")
+    for removed, shift in (("chosen experts", 0.17), ("random control", -0.17)):
+        part = rest[rest["removed"] == removed]
+        plot += geom_segment(part, aes(x="delta_lo", xend="delta_hi", yend="cell"), position=position_nudge(y=shift))
+        plot += geom_point(part, aes(x="delta"), size=1.6, position=position_nudge(y=shift))
+    is_mmlu = summary["measure"].iloc[0] == "accuracy"
+    plot += scale_colour_manual(values=REMOVED_COLOURS, name="removed")
+    plot += theme_moe()
+    plot += labs(y="", x=f"{'accuracy' if is_mmlu else 'next-token loss (nats/token)'} minus the baseline's")
+    if is_mmlu:
+        base = summary[summary["removed"] == "none"]
+        plot += geom_vline(base.assign(chance=base["chance"] - base["value"]), aes(xintercept="chance"),
+                           linetype="dashed")
+    return plot
+
+
+def lens_plot(lens: pd.DataFrame) -> ggplot:
+    """Return the lens figure: per layer, each lens measure under the baseline, the top-1
+    expert removed in every layer, and its random control. Facet it ``measure ~ model``."""
+    table = lens.assign(run=np.where(lens["condition"] == ablation.BASELINE, "baseline",
+                            np.where(lens["random_control"], "top-1 · all · random", "top-1 · all")))
+    return (ggplot(table, aes("layer", "value", colour="run")) + geom_line() + geom_point(size=1.4)
+            + scale_x_continuous(breaks=sorted(table["layer"].unique()))
+            + scale_colour_manual(values=LENS_COLOURS, name="")
+            + labs(x="after decoder layer", y="") + theme_moe())

@@ -1,0 +1,129 @@
+"""The ablations chapter's data layer: summaries known by hand, the wide table, the pooled
+lens, and which cached runs the chapter shows."""
+
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from moe_lib import cache, site_ablations
+from moe_lib.analysis.ablation import Condition
+
+CONDITIONS = [Condition(), Condition("all", "0"), Condition("all", "0", random_control=True),
+              Condition("last:2", "all")]
+
+
+def heldout_rows(nll: dict, n_predicted=(10, 20, 30), model="m") -> pd.DataFrame:
+    """Per-item rows as the grid writes them: ``nll`` maps a condition name to per-item sums."""
+    rows = []
+    for condition in CONDITIONS:
+        for item, (value, n) in enumerate(zip(nll[condition.name], n_predicted)):
+            rows.append({**condition.columns(), "item": item, "nll_sum": value, "n_predicted": n,
+                         "domain": "code" if item < 2 else "speech", "model": model})
+    table = pd.DataFrame(rows)
+    return table.assign(model=pd.Categorical(table["model"]))
+
+
+NLL = {"baseline": [20.0, 40.0, 60.0], "slots 0 | layers all": [30.0, 50.0, 70.0],
+       "slots 0 | layers all | random": [22.0, 42.0, 62.0], "slots all | layers last:2": [40.0, 80.0, 120.0]}
+
+
+def test_grid_summary_pools_tokens_and_pairs_each_condition_with_its_control():
+    summary = site_ablations.grid_summary(heldout_rows(NLL)).set_index("condition")
+    assert summary.loc["baseline", "value"] == pytest.approx(120 / 60)
+    assert summary.loc["slots 0 | layers all", "value"] == pytest.approx(150 / 60)
+    assert summary.loc["slots 0 | layers all", "delta"] == pytest.approx(30 / 60)
+    assert summary.loc["slots 0 | layers all | random", "delta"] == pytest.approx(6 / 60)
+    assert summary.loc["slots 0 | layers all", "cell"] == summary.loc["slots 0 | layers all | random", "cell"]
+    assert list(summary["removed"]) == ["none", "chosen experts", "random control", "chosen experts"]
+    assert summary.loc["slots all | layers last:2", "cell"] == "all k · last:2"
+    assert (summary["measure"] == "loss").all()
+
+
+def test_grid_summary_by_domain_and_for_multiple_choice():
+    by_domain = site_ablations.grid_summary(heldout_rows(NLL), by=("domain",)).set_index(["domain", "condition"])
+    assert by_domain.loc[("code", "baseline"), "value"] == pytest.approx(60 / 30)
+    assert by_domain.loc[("speech", "slots all | layers last:2"), "delta"] == pytest.approx(2.0)
+    mmlu = heldout_rows(NLL).drop(columns=["nll_sum", "n_predicted"])
+    mmlu["correct"] = (mmlu["condition"] == "baseline") | (mmlu["item"] == 0)
+    summary = site_ablations.grid_summary(mmlu).set_index("condition")
+    assert summary.loc["baseline", "value"] == 1.0
+    assert summary.loc["slots 0 | layers all", "value"] == pytest.approx(1 / 3)
+    assert (summary["chance"] == 0.25).all() and (summary["measure"] == "accuracy").all()
+
+
+def test_grid_table_puts_the_control_beside_its_condition():
+    table = site_ablations.grid_table(site_ablations.grid_summary(heldout_rows(NLL))).set_index("cell")
+    assert list(table.columns) == ["model", "baseline", "chosen experts", "random control"]
+    assert table.loc["baseline", "baseline"].startswith("2.000 [")
+    assert table.loc["top-1 · all", "chosen experts"].startswith("2.500 (+0.500 [")
+    assert table.loc["top-1 · all", "random control"].startswith("2.100 (+0.100 [")
+    assert table.loc["all k · last:2", "random control"] == ""
+
+
+def test_lens_by_layer_weights_domains_by_their_tokens():
+    lens = pd.DataFrame({
+        "domain": ["code", "speech"] * 2, "layer": [0, 0, 1, 1], "n": [10, 30, 10, 30],
+        "prob": [0.1, 0.5, 0.2, 0.2], "top1": [0.0, 0.4, 1.0, 0.0],
+        "condition": "baseline", "random_control": False, "model": "m",
+    })
+    pooled = site_ablations.lens_by_layer(lens).set_index(["layer", "measure"])["value"]
+    assert pooled[(0, "P(correct token)")] == pytest.approx((10 * 0.1 + 30 * 0.5) / 40)
+    assert pooled[(1, "correct token ranked first")] == pytest.approx(10 / 40)
+
+
+def test_lens_by_layer_summarises_per_question_rows():
+    lens = pd.DataFrame({"item": [0, 1, 0, 1], "layer": [0, 0, 1, 1], "rank": [0, 5, 0, 0],
+                         "prob": [0.5, 0.1, 0.9, 0.7], "logprob": np.log([0.5, 0.1, 0.9, 0.7]),
+                         "condition": "baseline", "random_control": False, "model": "m"})
+    pooled = site_ablations.lens_by_layer(lens).set_index(["layer", "measure"])["value"]
+    assert pooled[(0, "P(correct token)")] == pytest.approx(0.3)
+    assert pooled[(0, "correct token ranked first")] == 0.5 and pooled[(1, "correct token ranked first")] == 1.0
+
+
+def test_ablate_arguments_are_the_commands_with_zero_shots():
+    args = site_ablations.ablate_arguments("standard-default", "mmlu", n_questions=50)
+    assert (args.n_shots, args.n_questions, args.grid, args.seed) == (0, 50, "default", 0)
+    assert args.corpus.name == "validation.jsonl"
+    with pytest.raises(ValueError, match="n_question"):
+        site_ablations.ablate_arguments("standard-default", "mmlu", n_question=50)
+
+
+@pytest.fixture
+def clone(tmp_path, monkeypatch):
+    """A cache and an empty models folder: no checkpoint, as in a fresh clone."""
+    monkeypatch.setenv("MOE_LIB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("MOE_LIB_MODELS", str(tmp_path / "models"))
+    return tmp_path
+
+
+def store(model: str, run: int) -> None:
+    """Cache a grid and a lens of ``model``, written at time ``run`` (seconds)."""
+    rows = heldout_rows(NLL, model=model).assign(run=run)
+    cache.cached_table("ablation-heldout", {"model": model, "run": run}, lambda: rows.assign(model=model))
+    os.utime(cache.store_path("ablation-heldout", {"model": model, "run": run}), (run, run))
+    lens = pd.DataFrame({"domain": "code", "layer": [0], "n": [1], "prob": [0.5], "top1": [1.0],
+                         "condition": "baseline", "random_control": False, "model": model, "run": run})
+    cache.cached_table("lens-heldout", {"model": model, "run": run}, lambda: lens)
+
+
+def test_ablation_tables_shows_every_cached_model_once_and_no_tiny_one_unasked(clone, monkeypatch):
+    store("standard-default", 1)
+    store("org/hub-moe", 1)
+    store("standard-tiny", 1)
+    store("org/hub-moe", 2)  # written last: the run shown
+    grid, lens = site_ablations.ablation_tables("heldout", ["standard-default"])
+    assert list(grid["model"].cat.categories) == ["standard-default", "org/hub-moe"]
+    assert grid.groupby("model", observed=True)["run"].unique().map(list).to_dict() == {
+        "standard-default": [1], "org/hub-moe": [2]}
+    assert set(lens["model"]) == {"standard-default", "org/hub-moe"}
+    # asked for, a tiny model's cached run is shown (here without training it: no checkpoint)
+    monkeypatch.setattr(site_ablations, "run_own", lambda model, benchmark, **options: None)
+    tiny, _ = site_ablations.ablation_tables("heldout", ["standard-tiny"])
+    assert list(tiny["model"].cat.categories) == ["standard-tiny", "org/hub-moe", "standard-default"]
+
+
+def test_ablation_tables_refuses_an_unknown_benchmark():
+    with pytest.raises(ValueError, match="benchmark 'hellaswag'"):
+        site_ablations.ablation_tables("hellaswag", ["standard-default"])
