@@ -224,7 +224,7 @@ def lens_by_layer(lens: pd.DataFrame) -> pd.DataFrame:
         pooled = weighted.groupby([lens[k] for k in keys], observed=True).sum()
         pooled = pooled[["prob", "top1"]].div(pooled["n"], axis=0).reset_index()
     long = pooled.melt(id_vars=keys, value_vars=["prob", "top1"], var_name="measure", value_name="value")
-    names = {"prob": "P(correct token)", "top1": "correct token ranked first"}
+    names = {"prob": "P(correct token)", "top1": "ranked first"}
     return long.assign(measure=long["measure"].map(names))
 
 

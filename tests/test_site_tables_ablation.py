@@ -70,7 +70,7 @@ def test_lens_by_layer_weights_domains_by_their_tokens():
     })
     pooled = site_ablations.lens_by_layer(lens).set_index(["layer", "measure"])["value"]
     assert pooled[(0, "P(correct token)")] == pytest.approx((10 * 0.1 + 30 * 0.5) / 40)
-    assert pooled[(1, "correct token ranked first")] == pytest.approx(10 / 40)
+    assert pooled[(1, "ranked first")] == pytest.approx(10 / 40)
 
 
 def test_lens_by_layer_summarises_per_question_rows():
@@ -79,7 +79,7 @@ def test_lens_by_layer_summarises_per_question_rows():
                          "condition": "baseline", "random_control": False, "model": "m"})
     pooled = site_ablations.lens_by_layer(lens).set_index(["layer", "measure"])["value"]
     assert pooled[(0, "P(correct token)")] == pytest.approx(0.3)
-    assert pooled[(0, "correct token ranked first")] == 0.5 and pooled[(1, "correct token ranked first")] == 1.0
+    assert pooled[(0, "ranked first")] == 0.5 and pooled[(1, "ranked first")] == 1.0
 
 
 def test_ablate_arguments_are_the_commands_with_zero_shots():
