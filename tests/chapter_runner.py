@@ -96,10 +96,11 @@ def to_notebook(text: str, parameters: dict | None = None) -> nbformat.NotebookN
 
 @dataclass
 class Executed:
-    """A chapter run: the executed notebook and the value of each inline expression."""
+    """A chapter run: the executed notebook and each inline expression with its value, in
+    the order of the prose (an expression used twice appears twice)."""
 
     notebook: nbformat.NotebookNode
-    inline_values: dict[str, str]
+    inline_values: list[tuple[str, str]]
 
     def outputs_of(self, label: str) -> list[dict]:
         """Return the outputs of the cell labelled ``label``."""
@@ -132,7 +133,7 @@ def execute(path: Path, parameters: dict | None = None, timeout: int = 600) -> E
     client.execute()
     printed = "".join(o.get("text", "") for o in notebook.cells[-1].outputs if o.get("name") == "stdout")
     values = ast.literal_eval(printed) if printed.strip() else []
-    return Executed(notebook, dict(zip(expressions, values)))
+    return Executed(notebook, list(zip(expressions, values)))
 
 
 def save_figures(executed: Executed, text: str, out_dir: Path, prefix: str = "") -> list[Path]:
@@ -160,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prefix", default="", help="prefix of the image file names")
     args = parser.parse_args(argv)
     executed = execute(args.chapter)
-    for expression, value in executed.inline_values.items():
+    for expression, value in executed.inline_values:
         print(f"{value:>12}  <- {expression}")
     if args.images:
         for path in save_figures(executed, read_chapter(args.chapter), args.images, args.prefix):

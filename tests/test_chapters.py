@@ -115,7 +115,7 @@ def _check_run(page: Path, executed: runner.Executed) -> None:
     for label in runner.figure_labels(text):
         assert executed.has_image(label), f"{page.name}: figure {label} produced no image"
     assert len(executed.inline_values) == len(runner.inline_expressions(text))
-    for expression, value in executed.inline_values.items():
+    for expression, value in executed.inline_values:
         assert value not in ("nan", "None", ""), f"{page.name}: `{{python}} {expression}` gave {value!r}"
 
 
