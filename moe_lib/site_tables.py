@@ -323,7 +323,9 @@ def path_context_by_target(ds: xr.Dataset, n_permutations: int = 200, seed: int 
     A context is the occurrence's whole sample, embedded by the all-MiniLM-L6-v2 sentence
     encoder (:func:`moe_lib.data.embeddings.cached_embeddings`); routes are the top-1
     experts of every layer. One row per target: the columns of ``path_context_correlation``
-    and ``target``.
+    and ``target``. Where all of a target's occurrences take one route the correlation is
+    undefined: ``spearman`` is NaN, and so is ``p_value`` (``path_context_correlation``
+    would report the smallest p-value, since no shuffle beats a NaN).
     """
     from moe_lib.analysis import route_clusters
     from moe_lib.data.embeddings import cached_embeddings
@@ -338,7 +340,8 @@ def path_context_by_target(ds: xr.Dataset, n_permutations: int = 200, seed: int 
         table = route_clusters.path_context_correlation(occurrences.isel(token=rows), vectors[rows],
                                                         n_permutations=n_permutations, seed=seed)
         parts.append(table.assign(target=target))
-    return pd.concat(parts, ignore_index=True)
+    table = pd.concat(parts, ignore_index=True)
+    return table.assign(p_value=table["p_value"].where(table["spearman"].notna()))
 
 
 def meaning_prediction_long(table: pd.DataFrame) -> pd.DataFrame:

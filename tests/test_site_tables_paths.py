@@ -152,3 +152,18 @@ def test_characteristic_summary_lists_tokens_in_rank_order():
     row = site_tables.characteristic_summary(table, layer=3, n_top=2).iloc[0]
     assert row["tokens"] == "' a', ' b'" and row["lifts"] == "3.0, 2.0"
     assert row["share_of_token"] == pytest.approx(0.6)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered in divide:RuntimeWarning")  # the constant routes
+def test_a_target_whose_occurrences_share_one_route_has_no_correlation_and_no_p_value(monkeypatch):
+    import moe_lib.data.embeddings as embeddings
+
+    ds = contextual_trace()
+    ids = ds["expert_id"].values.copy()
+    ids[ds["is_target"].values & (ds["target"].values == " y")] = 2  # every " y" takes route 2-2
+    ds = ds.assign(expert_id=(ds["expert_id"].dims, ids))
+    monkeypatch.setattr(embeddings, "cached_embeddings", lambda texts, batch_size=64: np.random.default_rng(0).
+                        standard_normal((len(texts), 3)))
+    table = site_tables.path_context_by_target(ds, n_permutations=20).set_index("target")
+    assert np.isnan(table.loc[" y", "spearman"]) and np.isnan(table.loc[" y", "p_value"])
+    assert table.loc[" x", "p_value"] > 0
