@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "moe_lib.commands.tokenizer",
     "moe_lib.commands.datasets",
     "moe_lib.commands.vocab",
+    "moe_lib.commands.train",
     "moe_lib.commands.ablate",
     "moe_lib.commands.build",
 ]
