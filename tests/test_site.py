@@ -241,3 +241,12 @@ def test_analysis_version_covers_the_analysis_modules_a_site_table_calls():
     names = [m.__name__ for m in site._code_modules(inspect.getmodule(site_tables.meaning_flow_of))]
     assert {"moe_lib.site_tables", "moe_lib.analysis.crosslayer", "moe_lib.analysis.common"} <= set(names)
     assert site.analysis_version(site_tables.meaning_flow_of) != site.analysis_version(site_tables.targets)
+
+
+def test_build_lists_the_tables_read_and_the_final_traces(workspace):
+    from moe_lib.commands.build import site_stores
+
+    site.per_model("balance-test-4", ["standard-tiny"], distribution.load_balance)
+    listed = {Path(p).name for p in site_stores(["standard-tiny"])}
+    assert any(name.startswith("balance-test-4-") for name in listed)
+    assert f"probe-domains-standard-tiny-{site.trace_key('standard-tiny')}.zarr" in listed

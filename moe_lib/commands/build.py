@@ -41,6 +41,9 @@ def add_command(subparsers) -> None:
     parser.add_argument("--threads", type=int, help="torch threads for training (unset: torch's choice)")
     parser.add_argument("--chapters", nargs="*", type=Path,
                         help="chapter files whose data cells to run (default: index.qmd and chapters/*.qmd)")
+    parser.add_argument("--stores-file", type=Path, metavar="FILE",
+                        help="write the paths of the stores the site reads (every analysis table and the "
+                        "final domains traces), one a line, for `git add -f $(cat FILE)`")
     parser.set_defaults(func=run)
 
 
@@ -137,6 +140,23 @@ def run(args: argparse.Namespace) -> int:
         start = _step(f"analyses of {path.relative_to(PROJECT_ROOT) if path.is_absolute() else path}")
         run_chapter_data(Path(path), {"models": models} if args.preset != "default" else {})
         _done(start)
-    stores = site.provenance()
-    print(f"[build] {len(stores)} cache stores in use; all cached. Now run `quarto render`.")
+    read = site_stores(models)
+    if args.stores_file:
+        tmp = args.stores_file.with_name(args.stores_file.name + ".tmp")
+        tmp.write_text("".join(f"{p}\n" for p in read))
+        tmp.replace(args.stores_file)
+    size = sum(f.stat().st_size for p in read for f in Path(p).rglob("*") if f.is_file())
+    print(f"[build] the site reads {len(read)} stores ({size / 1e6:.1f} MB); all cached. Now run `quarto render`.")
     return 0
+
+
+def site_stores(models: list[str]) -> list[str]:
+    """Return the paths of the stores read so far in this process that a fresh clone needs:
+    every analysis table, and the final domains trace of each model (a base for new tables)."""
+    from moe_lib import cache, site
+
+    used = site.provenance()
+    keep = set(used.loc[used["kind"] == "table", "cache_key"]) | {site.trace_key(m, "domains") for m in models}
+    stores = cache.list_stores()
+    return sorted(str(Path(p).relative_to(PROJECT_ROOT)) if Path(p).is_relative_to(PROJECT_ROOT) else p
+                  for p in stores.loc[stores["key"].isin(keep), "path"])
