@@ -83,6 +83,7 @@ def run_own(model: str, benchmark: str, **options) -> tuple[pd.DataFrame, pd.Dat
     path = final_checkpoint(model)
     if path is None:
         return None
+    large_blocks_by_mmap()
     loaded = load_model(path, AutoModelForCausalLM).eval()
     tokenizer = AutoTokenizer.from_pretrained(PROJECT_ROOT / "datasets" / "tokenizer")
     args = ablate_arguments(model, benchmark, **options)
@@ -101,6 +102,29 @@ def run_own(model: str, benchmark: str, **options) -> tuple[pd.DataFrame, pd.Dat
     lens = cached_table(f"lens-{benchmark}", identity,
                         lambda: ablate._lens_table(args, loaded, tokenizer, texts, labels))
     return grid, lens
+
+
+def large_blocks_by_mmap(threshold: int = 1 << 16) -> bool:
+    """Make glibc's malloc serve every block over ``threshold`` bytes by mmap, returned to
+    the system when freed; return whether it could (Linux with glibc only).
+
+    The grid allocates logits of another size for every batch (texts differ in length).
+    By default glibc raises its mmap threshold after each such free and keeps later blocks
+    in the heap, which fragments: the default models' held-out grid grew past 21 GB
+    resident and was killed, while six of its batches peak at 0.59 GB with this setting
+    against 5.6 GB without.
+    """
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    m_mmap_threshold = -3  # from glibc's malloc.h
+    return bool(mallopt(m_mmap_threshold, threshold))
 
 
 def _items(args) -> tuple[list[str], dict]:

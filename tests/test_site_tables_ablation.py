@@ -127,3 +127,9 @@ def test_ablation_tables_shows_every_cached_model_once_and_no_tiny_one_unasked(c
 def test_ablation_tables_refuses_an_unknown_benchmark():
     with pytest.raises(ValueError, match="benchmark 'hellaswag'"):
         site_ablations.ablation_tables("hellaswag", ["standard-default"])
+
+
+def test_large_blocks_by_mmap_sets_glibc_where_there_is_one():
+    import sys
+
+    assert site_ablations.large_blocks_by_mmap() is sys.platform.startswith("linux")
