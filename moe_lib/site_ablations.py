@@ -290,3 +290,10 @@ def lens_plot(lens: pd.DataFrame) -> ggplot:
             + scale_x_continuous(breaks=sorted(table["layer"].unique()))
             + scale_colour_manual(values=LENS_COLOURS, name="")
             + labs(x="after decoder layer", y="") + theme_moe())
+
+
+def letter_bias(grid: pd.DataFrame) -> pd.Series:
+    """Return per model the share of MMLU questions answered, at baseline, with the letter
+    the model picks most often (0.25 if it spread its answers evenly)."""
+    base = grid[grid["condition"] == ablation.BASELINE]
+    return base.groupby("model", observed=True)["pred"].agg(lambda pred: pred.value_counts(normalize=True).max())
