@@ -84,6 +84,19 @@ def _provenance(name: str, identity: dict) -> dict:
     return {"cache_name": name, "cache_key": cache_key(identity), "cache_identity": _canonical(identity)}
 
 
+def trace_identity(identity: dict, texts: list[str], labels, collect_kwargs: dict) -> dict:
+    """Return the full identity of a trace: ``identity`` plus the data's fingerprint and the
+    collection parameters (target spans by fingerprint; progress and store left out)."""
+    full = {
+        **identity,
+        "texts": fingerprint(texts, labels),
+        "collect": {k: v for k, v in collect_kwargs.items() if k not in ("progress", "store")},
+    }
+    if collect_kwargs.get("target_spans") is not None:
+        full["collect"]["target_spans"] = fingerprint(map(str, collect_kwargs["target_spans"]))
+    return full
+
+
 def cached_trace(name: str, identity: dict, model, tokenizer, texts, *, labels=None, **collect_kwargs) -> xr.Dataset:
     """Return the trace of ``model`` on ``texts`` from the cache, collecting it if missing.
 
@@ -94,13 +107,7 @@ def cached_trace(name: str, identity: dict, model, tokenizer, texts, *, labels=N
     from moe_lib.traces import collect_trace
 
     texts = list(texts)
-    identity = {
-        **identity,
-        "texts": fingerprint(texts, labels),
-        "collect": {k: v for k, v in collect_kwargs.items() if k not in ("progress", "store")},
-    }
-    if collect_kwargs.get("target_spans") is not None:
-        identity["collect"]["target_spans"] = fingerprint(map(str, collect_kwargs["target_spans"]))
+    identity = trace_identity(identity, texts, labels, collect_kwargs)
     path = store_path(name, identity)
     key = cache_key(identity)
     if _usable(path, key):

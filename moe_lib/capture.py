@@ -58,9 +58,17 @@ def find_moe_layers(model: torch.nn.Module, family: Family) -> list[int]:
     return found
 
 
+def experts_argument_names(experts: torch.nn.Module) -> list[str]:
+    """Return the names of an experts module's (hidden_states, ids, weights) arguments."""
+    names = list(inspect.signature(experts.forward).parameters)[:3]
+    if len(names) < 3:
+        raise TypeError(f"{type(experts).__name__}.forward takes {names}, expected (hidden, ids, weights)")
+    return names
+
+
 def _ids_and_weights_binder(experts: torch.nn.Module):
     """Return a function mapping an experts call's (args, kwargs) to (ids, weights)."""
-    names = list(inspect.signature(experts.forward).parameters)[:3]
+    names = experts_argument_names(experts)
 
     def ids_and_weights(args, kwargs):
         bound = dict(zip(names, args)) | kwargs
@@ -69,17 +77,47 @@ def _ids_and_weights_binder(experts: torch.nn.Module):
     return ids_and_weights
 
 
-class RoutingCapture:
+class HookSet:
+    """Hooks placed together on entry and removed together: on exit, on error, or by remove().
+
+    Subclasses place theirs in ``_register``, appending each handle to ``self._handles``.
+    """
+
+    def __init__(self):
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def _register(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        try:
+            self._register()
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+    def remove(self) -> None:
+        """Remove every hook placed."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+
+class RoutingCapture(HookSet):
     """Context manager hooking every router of a model; see :func:`capture`."""
 
     def __init__(self, model: torch.nn.Module, router_logits: bool = True):
+        super().__init__()
         self.model = model
         self.family = family_of(model.config)
         self.layers = find_moe_layers(model, self.family)
         self.top_k = top_k(model.config)
         self.n_experts = n_experts(model.config)
         self.keep_logits = router_logits
-        self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._seen: dict[str, dict[int, list[torch.Tensor]]] = defaultdict(lambda: defaultdict(list))
 
     # -- hooks -----------------------------------------------------------------------------
@@ -115,35 +153,21 @@ class RoutingCapture:
 
         return hook
 
-    # -- context manager -------------------------------------------------------------------
-    def __enter__(self) -> RoutingCapture:
+    # -- placing the hooks ------------------------------------------------------------------
+    def _register(self) -> None:
         get = self.model.get_submodule
-        try:
-            for layer in self.layers:
-                router = get(self.family.router.format(layer=layer))
-                experts = get(self.family.experts.format(layer=layer))
-                self._handles.append(router.register_forward_hook(self._on_router(layer)))
-                self._handles.append(
-                    experts.register_forward_pre_hook(
-                        self._on_experts(layer, _ids_and_weights_binder(experts)), with_kwargs=True
-                    )
+        for layer in self.layers:
+            router = get(self.family.router.format(layer=layer))
+            experts = get(self.family.experts.format(layer=layer))
+            self._handles.append(router.register_forward_hook(self._on_router(layer)))
+            self._handles.append(
+                experts.register_forward_pre_hook(
+                    self._on_experts(layer, _ids_and_weights_binder(experts)), with_kwargs=True
                 )
-                if self.family.shared_gate:
-                    gate = get(self.family.shared_gate.format(layer=layer))
-                    self._handles.append(gate.register_forward_hook(self._on_shared_gate(layer)))
-        except BaseException:
-            self.remove()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.remove()
-
-    def remove(self) -> None:
-        """Remove every hook this capture placed."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+            )
+            if self.family.shared_gate:
+                gate = get(self.family.shared_gate.format(layer=layer))
+                self._handles.append(gate.register_forward_hook(self._on_shared_gate(layer)))
 
     # -- results ---------------------------------------------------------------------------
     def _stack(self, name: str) -> torch.Tensor | None:

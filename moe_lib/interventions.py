@@ -26,14 +26,13 @@ layers, but not the ones the condition picks:
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
-from moe_lib.capture import find_moe_layers
+from moe_lib.capture import HookSet, experts_argument_names, find_moe_layers
 from moe_lib.models.families import family_of, n_experts, top_k
 
 
@@ -79,21 +78,13 @@ def select_slots(spec: int | str | Sequence[int], k: int) -> list[int]:
     return ranks
 
 
-def _argument_names(experts: torch.nn.Module) -> list[str]:
-    """Return the names of an experts module's (hidden_states, ids, weights) arguments."""
-    names = list(inspect.signature(experts.forward).parameters)[:3]
-    if len(names) < 3:
-        raise TypeError(f"{type(experts).__name__}.forward takes {names}, expected (hidden, ids, weights)")
-    return names
-
-
 def _rank_of_each_slot(scores: torch.Tensor) -> torch.Tensor:
     """Return each slot's rank (0 = largest) along the last dim, ties kept in slot order."""
     order = scores.argsort(dim=-1, descending=True, stable=True)
     return order.argsort(dim=-1)
 
 
-class Ablation:
+class Ablation(HookSet):
     """Context manager removing routed experts from a model; see :func:`ablate`."""
 
     def __init__(
@@ -107,6 +98,7 @@ class Ablation:
         random_control: bool = False,
         seed: int = 0,
     ):
+        super().__init__()
         self.model = model
         self.family = family_of(model.config)
         self.top_k = top_k(model.config)
@@ -127,7 +119,6 @@ class Ablation:
         self.shared = shared
         self.random_control = random_control
         self.seed = seed
-        self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._stats: dict[int, dict[str, torch.Tensor | int]] = {}
         self._generators: dict[int, torch.Generator] = {}
         self.control_experts: dict[int, list[int]] = {}
@@ -199,39 +190,25 @@ class Ablation:
     def _zero_output(module, args, output):
         return torch.zeros_like(output)
 
-    def __enter__(self) -> Ablation:
+    def _register(self) -> None:
         self._stats.clear()
         self._generators.clear()
         if self.experts is not None and self.random_control:
             self._draw_control_experts()
         get = self.model.get_submodule
-        try:
-            for layer in self.layers:
-                if self.slots is not None or self.experts is not None:
-                    experts = get(self.family.experts.format(layer=layer))
-                    # prepend: any capture hook on the same module then records the weights
-                    # the layer really uses, whichever context was entered first
-                    self._handles.append(
-                        experts.register_forward_pre_hook(
-                            self._on_experts(layer, _argument_names(experts)), with_kwargs=True, prepend=True
-                        )
+        for layer in self.layers:
+            if self.slots is not None or self.experts is not None:
+                experts = get(self.family.experts.format(layer=layer))
+                # prepend: any capture hook on the same module then records the weights
+                # the layer really uses, whichever context was entered first
+                self._handles.append(
+                    experts.register_forward_pre_hook(
+                        self._on_experts(layer, experts_argument_names(experts)), with_kwargs=True, prepend=True
                     )
-                if self.shared:
-                    module = get(self.family.shared_experts.format(layer=layer))
-                    self._handles.append(module.register_forward_hook(self._zero_output))
-        except BaseException:
-            self.remove()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.remove()
-
-    def remove(self) -> None:
-        """Remove every hook this ablation placed."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+                )
+            if self.shared:
+                module = get(self.family.shared_experts.format(layer=layer))
+                self._handles.append(module.register_forward_hook(self._zero_output))
 
     def silent_layers(self) -> list[int]:
         """Return the ablated layers whose experts module was never called since entering.

@@ -109,18 +109,6 @@ def _probe(probe: str):
     raise ValueError(f"probe {probe!r}: choose from {PROBES}")
 
 
-def _expanded(identity: dict, texts, labels, collect: dict) -> dict:
-    """Return the identity ``cache.cached_trace`` keys a store by (same expansion)."""
-    expanded = {
-        **identity,
-        "texts": cache.fingerprint(texts, labels),
-        "collect": {k: v for k, v in collect.items() if k not in ("progress", "store")},
-    }
-    if collect.get("target_spans") is not None:
-        expanded["collect"]["target_spans"] = cache.fingerprint(map(str, collect["target_spans"]))
-    return expanded
-
-
 def _own_request(model: str, probe: str, step: int, tokens_seen: int):
     """Return ``(store name, base identity, collect kwargs, texts, labels)`` of a checkpoint's
     probe trace, built as ``probe_traces.trace_checkpoint`` builds it."""
@@ -147,7 +135,7 @@ def _hub_request(model: str, probe: str):
 
 def _open_if_cached(name: str, identity: dict, collect: dict, texts, labels) -> xr.Dataset | None:
     """Return the store of a request if the cache holds it under the request's key, else None."""
-    expanded = _expanded(identity, texts, labels, collect)
+    expanded = cache.trace_identity(identity, texts, labels, collect)
     path, key = cache.store_path(name, expanded), cache.cache_key(expanded)
     attrs = cache._read_attrs(path) if path.exists() else None
     if attrs is None or attrs.get("cache_key") != key:
@@ -191,7 +179,7 @@ def _request(model: str, probe: str, step: int | str):
 def trace_key(model: str, probe: str = "domains", step: int | str = "final") -> str:
     """Return the cache key of a model's probe trace, computed without the store or the model."""
     (name, identity, collect, texts, labels), step = _request(model, probe, step)
-    key = cache.cache_key(_expanded(identity, texts, labels, collect))
+    key = cache.cache_key(cache.trace_identity(identity, texts, labels, collect))
     _record({"cache_name": name, "cache_key": key, "model": model, "step": "" if step is None else step},
             kind="trace")
     return key
