@@ -1,7 +1,7 @@
 """Training checkpoints that are complete or absent, never half-written and loaded.
 
 A checkpoint is a directory ``step-XXXXXX/`` holding the model (``save_pretrained``,
-safetensors), ``trainer.pt`` (optimizer, RNG and data-position state) and ``state.json``
+safetensors) and its tokenizer, so that it loads like any Hugging Face folder, ``trainer.pt`` (optimizer, RNG and data-position state) and ``state.json``
 (step, tokens seen, recipe, seed). It is written under ``step-XXXXXX.partial/``, then
 ``manifest.json`` (size and sha256 of every other file) is written last, and the directory
 is renamed into place. A crash before the rename leaves only a ``.partial`` directory,
@@ -42,7 +42,7 @@ def write_json_atomic(path: Path, value) -> None:
     os.replace(tmp, path)
 
 
-def save(root: Path, step: int, model, trainer_state: dict, state: dict) -> Path:
+def save(root: Path, step: int, model, trainer_state: dict, state: dict, tokenizer=None) -> Path:
     """Write a checkpoint atomically and return its directory.
 
     Parameters
@@ -58,6 +58,9 @@ def save(root: Path, step: int, model, trainer_state: dict, state: dict) -> Path
         saved with ``torch.save``.
     state
         JSON-native description (step, tokens seen, recipe, seed, ...), saved as state.json.
+    tokenizer
+        Saved beside the weights (``save_pretrained``): without it, transformers would build
+        an empty tokenizer for the folder rather than fail.
     """
     final = step_dir(root, step)
     partial = final.with_name(final.name + ".partial")
@@ -65,6 +68,8 @@ def save(root: Path, step: int, model, trainer_state: dict, state: dict) -> Path
         shutil.rmtree(partial)
     partial.mkdir(parents=True)
     model.save_pretrained(partial)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(partial)
     torch.save(trainer_state, partial / TRAINER)
     write_json_atomic(partial / STATE, state)
     files = sorted(p for p in partial.rglob("*") if p.is_file())
@@ -123,6 +128,12 @@ def list_steps(root: Path) -> list[int]:
         if p.is_dir() and p.name.startswith(PREFIX) and p.name[len(PREFIX):].isdigit():
             steps.append(int(p.name[len(PREFIX):]))
     return sorted(steps)
+
+
+def latest(root: Path) -> Path | None:
+    """Return the completed checkpoint with the most steps under ``root``, or None."""
+    steps = list_steps(root)
+    return step_dir(root, steps[-1]) if steps else None
 
 
 def load_trainer_state(path: Path) -> dict:

@@ -309,7 +309,8 @@ def train(
                 "train_loss": float(np.mean(recent)),
             }
             path = checkpoints.save(ckpt_root, step, model,
-                                    {"optimizer": optimizer.state_dict(), "rng": _rng_state(), "step": step}, state)
+                                    {"optimizer": optimizer.state_dict(), "rng": _rng_state(), "step": step}, state,
+                                    tokenizer=tokenizer)
             table.insert(0, "step", step)
             table.insert(1, "tokens_seen", state["tokens_seen"])
             table["train_loss"], table["elapsed_s"] = state["train_loss"], elapsed

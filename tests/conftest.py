@@ -1,4 +1,8 @@
-"""Shared fixtures: tiny random-weight models of every family, built from configs; no downloads."""
+"""Shared fixtures: tiny random-weight models of every family, built from configs; no downloads.
+
+MOE_LIB_TEST_DEVICE=cuda runs the family fixtures (and so the capture, ablation and lens
+tests on them) on a GPU; the default is the CPU.
+"""
 
 import os
 
@@ -10,12 +14,13 @@ import torch
 from moe_lib.models.tiny import TINY_CONFIGS, tiny_model
 
 FAMILY_NAMES = sorted(TINY_CONFIGS)
+DEVICE = os.environ.get("MOE_LIB_TEST_DEVICE", "cpu")
 
 
 @pytest.fixture(scope="session", params=FAMILY_NAMES)
 def any_family_model(request):
-    """A tiny model of each supported family, fp32, in eval mode."""
-    return tiny_model(request.param)
+    """A tiny model of each supported family, fp32, in eval mode, on DEVICE."""
+    return tiny_model(request.param).to(DEVICE)
 
 
 @pytest.fixture
@@ -26,7 +31,7 @@ def token_batch():
     attention_mask = torch.ones_like(input_ids)
     attention_mask[1, 7:] = 0
     input_ids[1, 7:] = 0
-    return {"input_ids": input_ids, "attention_mask": attention_mask}
+    return {"input_ids": input_ids.to(DEVICE), "attention_mask": attention_mask.to(DEVICE)}
 
 
 @pytest.fixture(scope="session")

@@ -95,8 +95,8 @@ def test_layer_output_recomputed_from_captured_ids_and_weights(any_family_model,
     i = record.layers.index(layer)
     x = seen["input"].reshape(-1, seen["input"].shape[-1])
     experts = model.get_submodule(family.experts.format(layer=layer))
-    ids = torch.from_numpy(record.expert_id[:, i].astype(np.int64))
-    weights = torch.from_numpy(record.weight[:, i])
+    ids = torch.from_numpy(record.expert_id[:, i].astype(np.int64)).to(x.device)
+    weights = torch.from_numpy(record.weight[:, i]).to(x.device)
     with torch.no_grad():
         recomputed = torch.zeros_like(x)
         for slot in range(ids.shape[1]):
@@ -106,7 +106,7 @@ def test_layer_output_recomputed_from_captured_ids_and_weights(any_family_model,
         if family.shared_experts:
             shared = model.get_submodule(family.shared_experts.format(layer=layer))(x)
             if family.shared_gate:
-                shared = torch.from_numpy(record.shared_gate[:, i])[:, None] * shared
+                shared = torch.from_numpy(record.shared_gate[:, i])[:, None].to(x.device) * shared
             recomputed += shared
     torch.testing.assert_close(recomputed, seen["output"].reshape_as(x), rtol=1e-4, atol=1e-5)
 

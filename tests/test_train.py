@@ -211,3 +211,38 @@ def test_baselines_are_scored_on_the_runs_own_eval_text(data_dirs, tmp_path):
     assert (wide.bigram_interpolated < wide.unigram).all()  # held-out text: bigrams help
     assert wide.loc["all", "model"] == pytest.approx(last.loc["all", "val_loss"])
     assert len(expert_balance(run_dir)) == standard.PRESETS["tiny"].n_layers
+
+
+def test_a_run_loads_by_its_folder_as_its_final_checkpoint_with_its_tokenizer(data_dirs, tmp_path):
+    from moe_lib.models.registry import ModelNotFoundError, list_revisions, load
+
+    run_dir = _train("standard", data_dirs, tmp_path / "run")
+    names = list_revisions(str(run_dir))
+    assert names[-1] == f"step-{standard.PRESETS['tiny'].n_steps:06d}" and len(names) > 1
+    model, tokenizer = load(str(run_dir))
+    assert len(tokenizer) == len(AutoTokenizer.from_pretrained(data_dirs[1]))
+    final = checkpoints.load_model(run_dir / "checkpoints" / names[-1], AutoModelForCausalLM)
+    early, _ = load(str(run_dir), revision=names[0])
+    ids = torch.tensor([tokenizer("def f(x):\n    return x\n")["input_ids"]])
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, final(ids).logits)
+        assert not torch.equal(model(ids).logits, early(ids).logits)
+    with pytest.raises(ModelNotFoundError, match="no checkpoint 'step-999999'"):
+        load(str(run_dir), revision="step-999999")
+
+    unfinished = _train("standard", data_dirs, tmp_path / "unfinished", stop_after=5)
+    with pytest.raises(ModelNotFoundError, match="training stopped at step"):
+        load(str(unfinished))
+
+
+def test_a_folder_without_its_tokenizer_is_refused(data_dirs, tmp_path):
+    """transformers builds a 2-entry tokenizer for such a folder instead of failing."""
+    from moe_lib.models.registry import ModelNotFoundError, load
+
+    tokenizer = AutoTokenizer.from_pretrained(data_dirs[1])
+    model = standard.build_model(standard.preset("tiny"), len(tokenizer), {"eos_token_id": tokenizer.eos_token_id})
+    model.save_pretrained(tmp_path / "bare")
+    with pytest.raises(ModelNotFoundError, match=r"tokenizer has \d+ entries for a vocabulary of 512"):
+        load(str(tmp_path / "bare"))
+    tokenizer.save_pretrained(tmp_path / "bare")
+    assert len(load(str(tmp_path / "bare"))[1]) == len(tokenizer)

@@ -45,7 +45,7 @@ def add_command(subparsers) -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="texts per forward (default 8)")
     parser.add_argument("--seed", type=int, default=0, help="sample, random controls and bootstrap (default 0)")
     parser.add_argument("--no-lens", action="store_true", help="skip the logit lens")
-    parser.add_argument("--revision", help="hub branch, tag or commit")
+    parser.add_argument("--revision", help="hub branch, tag or commit, or a training run's checkpoint (step-000480)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
     parser.add_argument("--dtype", help="float32, bfloat16, float16 (default: bf16 on GPU, fp32 on CPU)")
     parser.set_defaults(func=run)

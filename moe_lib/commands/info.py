@@ -13,7 +13,7 @@ def add_command(subparsers) -> None:
         "registry name, hub id or folder): load it and print its MoE layers and routing rule.",
     )
     parser.add_argument("model", nargs="?", help="a model to load and describe")
-    parser.add_argument("--revision", help="hub branch, tag or commit")
+    parser.add_argument("--revision", help="hub branch, tag or commit, or a training run's checkpoint (step-000480)")
     parser.set_defaults(func=run)
 
 

@@ -65,7 +65,8 @@ def add_command(subparsers) -> None:
     parser.add_argument("--batch-size", default="auto", help="texts per forward, or 'auto' (default)")
     parser.add_argument("--router-logits", action="store_true", help="also store raw router logits (float16)")
     parser.add_argument("--label-fields", default="", help="comma-separated .jsonl fields kept as token labels")
-    parser.add_argument("--revision", help="hub branch, tag or commit (e.g. an OLMoE training checkpoint)")
+    parser.add_argument("--revision", help="hub branch, tag or commit (e.g. an OLMoE training checkpoint), "
+                        "or a checkpoint of one of our training runs (step-000480)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
     parser.add_argument("--dtype", help="float32, bfloat16, float16 (default: bf16 on GPU, fp32 on CPU)")
     parser.add_argument("--device-map", help="'auto' to spread a model larger than one GPU (accelerate)")

@@ -1,8 +1,11 @@
 """One table of the models moe_lib knows by name, and ``load`` for any of them.
 
-A name in REGISTRY, a hub id (``org/name``) or a local folder written by save_pretrained
-(tokenizer beside it) all load the same way. Hub checkpoints need network access to the
-Hugging Face hub; the project's own models are rebuilt by ``python -m moe_lib train``.
+A name in REGISTRY, a hub id (``org/name``), a local folder written by save_pretrained
+(tokenizer beside it) or a training run of ``python -m moe_lib train`` all load the same
+way. A revision names a hub branch (OLMoE's training checkpoints) or, for a training run,
+one of its checkpoints (``step-000480``); without one a run loads its final checkpoint.
+Hub checkpoints need network access to the Hugging Face hub; the project's own models are
+rebuilt by ``python -m moe_lib train``.
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ REGISTRY: dict[str, ModelSpec] = {
         ModelSpec("mixtral-8x7b", "mistralai/Mixtral-8x7B-v0.1", "mixtral", 32, 8, 2),
         ModelSpec(
             "standard-default",
-            "datasets/saved-models/standard-default/final",
+            "datasets/saved-models/standard-default",
             "olmoe",
             4,
             16,
@@ -66,7 +69,7 @@ REGISTRY: dict[str, ModelSpec] = {
         ),
         ModelSpec(
             "cross-layer-default",
-            "datasets/saved-models/cross-layer-default/final",
+            "datasets/saved-models/cross-layer-default",
             "moe_crosslayer",
             4,
             16,
@@ -82,18 +85,28 @@ class ModelNotFoundError(FileNotFoundError):
     """A model name that is neither registered, nor a local folder, nor loadable from the hub."""
 
 
-def resolve(name_or_path: str) -> tuple[str, ModelSpec | None]:
-    """Return (what from_pretrained should load, the registry entry if any)."""
+def resolve(name_or_path: str, revision: str | None = None) -> tuple[str, ModelSpec | None]:
+    """Return (what from_pretrained should load, the registry entry if any).
+
+    A training run's folder resolves to one of its checkpoints: ``revision`` if given,
+    else the last one, which must be the run's final step.
+    """
     spec = REGISTRY.get(name_or_path)
     if spec is not None:
         source = spec.source
-        local = PROJECT_ROOT / source
-        return (str(local) if not _looks_like_hub_id(source) else source), spec
-    path = Path(name_or_path)
+        if _looks_like_hub_id(source):
+            return source, spec
+        path = PROJECT_ROOT / source
+        if not path.exists():
+            raise ModelNotFoundError(f"{name_or_path}: {path} does not exist yet. {spec.note}")
+    else:
+        path = Path(name_or_path)
     if path.exists():
+        if is_training_run(path):
+            return str(run_checkpoint(path, revision)), spec
         if not (path / "config.json").is_file():
             raise ModelNotFoundError(f"{path}: a folder without config.json is not a saved model")
-        return str(path), None
+        return str(path), spec
     if _looks_like_hub_id(name_or_path):
         return name_or_path, None
     raise ModelNotFoundError(
@@ -102,18 +115,60 @@ def resolve(name_or_path: str) -> tuple[str, ModelSpec | None]:
     )
 
 
+def is_training_run(path: Path) -> bool:
+    """True for a run folder of ``python -m moe_lib train`` (it holds checkpoints/ and run.json)."""
+    return (Path(path) / "checkpoints").is_dir() and (Path(path) / "run.json").is_file()
+
+
+def run_checkpoint(run_dir: Path, revision: str | None = None) -> Path:
+    """Return a verified checkpoint of a training run: ``revision`` (``step-000480``), or the
+    final one; an unfinished run is refused rather than passed off as the trained model."""
+    import json
+
+    from moe_lib import checkpoints
+
+    root = Path(run_dir) / "checkpoints"
+    if revision is not None:
+        path = root / revision
+        if not path.is_dir():
+            names = [checkpoints.step_dir(root, s).name for s in checkpoints.list_steps(root)]
+            raise ModelNotFoundError(f"{run_dir}: no checkpoint {revision!r}; it has {names}")
+    else:
+        path = checkpoints.latest(root)
+        if path is None:
+            raise ModelNotFoundError(f"{run_dir}: no completed checkpoint yet; train (or resume) it first")
+        n_steps = json.loads((Path(run_dir) / "run.json").read_text())["hyperparameters"]["n_steps"]
+        step = checkpoints.list_steps(root)[-1]
+        if step < n_steps:
+            raise ModelNotFoundError(
+                f"{run_dir}: training stopped at step {step} of {n_steps}; resume it with "
+                f"`python -m moe_lib train ... --out {run_dir}`, or load a checkpoint by "
+                f"revision={path.name!r}"
+            )
+    checkpoints.verify(path)
+    return path
+
+
 def _looks_like_hub_id(source: str) -> bool:
     return source.count("/") == 1 and not source.startswith((".", "/")) and not Path(source).exists()
 
 
 def list_revisions(name_or_id: str) -> list[str]:
-    """Return a hub model's branches, e.g. OLMoE's training checkpoints (needs the hub).
+    """Return a model's training checkpoints: a hub model's branches (needs the hub), or
+    the checkpoints of one of our training runs.
 
     OLMoE-1B-7B-0924 publishes its intermediate checkpoints as branches; trace one with
     ``load(name, revision=branch)`` or ``python -m moe_lib trace ... --revision BRANCH``.
     """
     from huggingface_hub import list_repo_refs
 
+    from moe_lib import checkpoints
+
+    spec = REGISTRY.get(name_or_id)
+    path = PROJECT_ROOT / spec.source if spec and not _looks_like_hub_id(spec.source) else Path(name_or_id)
+    if is_training_run(path):
+        root = path / "checkpoints"
+        return [checkpoints.step_dir(root, step).name for step in checkpoints.list_steps(root)]
     source, _ = resolve(name_or_id)
     if not _looks_like_hub_id(source):
         raise ModelNotFoundError(f"{name_or_id}: a local model has no hub revisions")
@@ -138,7 +193,8 @@ def load(
 
     Parameters
     ----------
-    revision : hub branch, tag or commit (e.g. an OLMoE training checkpoint).
+    revision : hub branch, tag or commit (e.g. an OLMoE training checkpoint), or a checkpoint
+        of a training run (``step-000480``).
     device : where to put the model ("cpu", "cuda", "cuda:1", ...), unless ``device_map``.
     dtype : torch dtype or its name; defaults to bf16 on GPU, fp32 on CPU.
     device_map : "auto" spreads a model too big for one GPU over all of them (accelerate).
@@ -147,10 +203,11 @@ def load(
     import moe_lib.models  # noqa: F401  (registers the project's own architectures)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    source, spec = resolve(name_or_path)
-    if spec is not None and not Path(source).exists() and not _looks_like_hub_id(spec.source):
-        raise ModelNotFoundError(f"{name_or_path}: {source} does not exist yet. {spec.note}")
-    revision = revision or (spec.revision if spec else None)
+    source, spec = resolve(name_or_path, revision)
+    if not _looks_like_hub_id(source):
+        revision = None  # a local folder has no branches; a run's revision chose the checkpoint
+    else:
+        revision = revision or (spec.revision if spec else None)
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
     dtype = dtype or default_dtype(device)
@@ -164,8 +221,21 @@ def load(
     except OSError as error:
         hint = " (HF_HUB_OFFLINE=1 is set: no hub access)" if os.environ.get("HF_HUB_OFFLINE") == "1" else ""
         raise ModelNotFoundError(f"{name_or_path}: could not load from {source}{hint}: {error}") from error
+    _check_tokenizer(source, tokenizer, model.config)
     family_of(model.config)  # fail early, listing the supported families
     return model.eval(), tokenizer
+
+
+def _check_tokenizer(source: str, tokenizer, config) -> None:
+    """Refuse a tokenizer that cannot be the model's: for a folder without tokenizer files,
+    transformers builds an empty one (2 entries) instead of failing. Embedding tables are
+    often padded past the tokenizer (OLMoE: 50,304 rows, 50,280 tokens), never to twice it."""
+    vocab_size = getattr(config.get_text_config(), "vocab_size", None)
+    if vocab_size and len(tokenizer) < vocab_size / 2:
+        raise ModelNotFoundError(
+            f"{source}: its tokenizer has {len(tokenizer)} entries for a vocabulary of {vocab_size}; "
+            "the folder lacks the model's tokenizer files (save them with tokenizer.save_pretrained)"
+        )
 
 
 def model_identity(model, name: str | None = None, revision: str | None = None) -> dict:

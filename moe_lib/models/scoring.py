@@ -50,7 +50,7 @@ def select_experts(
         probs = x.softmax(dim=-1)
         choice = probs
         if rule == "softmax_bias_topk":
-            choice = probs + _correction_bias(router, family)
+            choice = probs + _correction_bias(router, family).to(x.device)
         if rule == "softmax_group_topk" and getattr(config, "topk_method", "greedy") != "greedy":
             mask = _group_mask(probs, config.n_group, config.topk_group, lambda g: g.max(-1).values)
             choice = probs.masked_fill(~mask, 0.0)
@@ -58,7 +58,7 @@ def select_experts(
         weights = probs.gather(1, ids)
     elif rule == "sigmoid_bias_group_topk":
         scores = x.sigmoid()
-        choice = scores + _correction_bias(router, family)
+        choice = scores + _correction_bias(router, family).to(x.device)
         n_group = int(getattr(config, "n_group", 1) or 1)
         topk_group = int(getattr(config, "topk_group", 1) or 1)
         mask = _group_mask(choice, n_group, topk_group, lambda g: g.topk(2, dim=-1).values.sum(-1))
