@@ -117,14 +117,15 @@ def trace_checkpoint(
         texts, labels, probe_fp = domain_probe(validation_path)
         traces["domains"] = cached_trace(
             f"probe-domains-{name}", {**base, "probe": probe_fp}, model, tokenizer, texts, labels=labels,
-            max_length=MAX_LENGTH, router_logits=True, attrs={**attrs, "dataset": "probe-domains"}, progress=progress,
+            max_length=MAX_LENGTH, router_logits=True, predictions=True,
+            attrs={**attrs, "dataset": "probe-domains"}, progress=progress,
         )
     contextual = contextual_probe(contextual_dir) if "contextual" in probes else None
     if contextual is not None:
         texts, labels, spans, probe_fp = contextual
         traces["contextual"] = cached_trace(
             f"probe-contextual-{name}", {**base, "probe": probe_fp}, model, tokenizer, texts, labels=labels,
-            target_spans=spans, max_length=MAX_LENGTH, router_logits=True,
+            target_spans=spans, max_length=MAX_LENGTH, router_logits=True, predictions=True,
             attrs={**attrs, "dataset": "probe-contextual"}, progress=progress,
         )
     model.train(was_training)

@@ -15,7 +15,9 @@ and these variables:
 - ``router_logits(token, layer, expert)`` float16, optional: raw router scores, before
   softmax or sigmoid;
 - ``shared_gate(token, layer)`` float32, optional: the shared expert's gate where a family
-  has one (Qwen2-MoE's sigmoid gate).
+  has one (Qwen2-MoE's sigmoid gate);
+- ``predicted_id(token)`` int32, optional: the argmax of the model's next-token logits at
+  the token, from the same forward pass; its trace has a ``vocab_size`` attr.
 
 Token coords: ``seq`` (index of the text), ``pos`` (position in it), ``token_id``,
 ``token_str`` and any sample labels (``meaning``, ``domain``, ``is_target``, ...).
@@ -38,7 +40,12 @@ EXPERT_ID_DTYPE = np.int16
 EXPERT_ID_FILL = -1
 
 REQUIRED_VARS = {"expert_id": (TOKEN, LAYER, SLOT), "weight": (TOKEN, LAYER, SLOT)}
-OPTIONAL_VARS = {"router_logits": (TOKEN, LAYER, EXPERT), "shared_gate": (TOKEN, LAYER)}
+OPTIONAL_VARS = {
+    "router_logits": (TOKEN, LAYER, EXPERT),
+    "shared_gate": (TOKEN, LAYER),
+    "predicted_id": (TOKEN,),
+}
+PREDICTED_ID_DTYPE = np.int32
 REQUIRED_TOKEN_COORDS = ("seq", "pos", "token_id", "token_str")
 REQUIRED_ATTRS = ("model", "family", "scoring", "top_k", "n_experts", "schema_version")
 
@@ -51,7 +58,8 @@ def check_trace(ds: xr.Dataset, where: str = "trace") -> xr.Dataset:
     """Return ``ds`` unchanged if it follows the schema, else raise naming what is wrong.
 
     Checks dims, dtypes, coords and attrs, not values (values are checked against the
-    model by the capture tests).
+    model by the capture tests), except that predicted ids must be token ids of the
+    model's vocabulary: a small (token,) array, cheap to read.
     """
     for name, dims in REQUIRED_VARS.items():
         if name not in ds:
@@ -77,7 +85,24 @@ def check_trace(ds: xr.Dataset, where: str = "trace") -> xr.Dataset:
         )
     if ds.sizes[SLOT] != ds.attrs["top_k"]:
         raise TraceSchemaError(f"{where}: {ds.sizes[SLOT]} slots but top_k={ds.attrs['top_k']}")
+    if "predicted_id" in ds:
+        _check_predicted_ids(ds, where)
     return ds
+
+
+def _check_predicted_ids(ds: xr.Dataset, where: str) -> None:
+    """Raise unless ``predicted_id`` is int32 and within ``[0, vocab_size)``."""
+    if ds["predicted_id"].dtype != PREDICTED_ID_DTYPE:
+        raise TraceSchemaError(f"{where}: predicted_id has dtype {ds['predicted_id'].dtype}, expected int32")
+    if "vocab_size" not in ds.attrs:
+        raise TraceSchemaError(f"{where}: has predicted_id but no attribute 'vocab_size'")
+    if ds.sizes[TOKEN] == 0:
+        return
+    ids = np.asarray(ds["predicted_id"].values)
+    low, high, n_vocab = int(ids.min()), int(ids.max()), int(ds.attrs["vocab_size"])
+    if low < 0 or high >= n_vocab:
+        bad = low if low < 0 else high
+        raise TraceSchemaError(f"{where}: predicted_id holds {bad}, outside the vocabulary [0, {n_vocab})")
 
 
 def router_probs(logits: xr.DataArray, scoring: str) -> xr.DataArray:

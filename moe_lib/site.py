@@ -117,7 +117,7 @@ def _own_request(model: str, probe: str, step: int, tokens_seen: int):
     base = {"model": model_name(recipe_name, preset), "recipe": recipe_name, "preset": preset, "step": step,
             "tokens_seen": tokens_seen, "recipe_hash": recipe.hash()}
     attrs = {**base, "checkpoint_step": step, "dataset": f"probe-{probe}"}
-    collect = {**extra, "max_length": MAX_LENGTH, "router_logits": True, "attrs": attrs}
+    collect = {**extra, "max_length": MAX_LENGTH, "router_logits": True, "predictions": True, "attrs": attrs}
     return f"probe-{probe}-{base['model']}", {**base, "probe": probe_fp}, collect, texts, labels
 
 
@@ -128,7 +128,7 @@ def _hub_request(model: str, probe: str):
     texts, labels, extra, probe_fp = _probe(probe)
     base = {"model": model, "source": source, "revision": revision or "main", "probe": probe_fp}
     attrs = {"model": model, "dataset": f"probe-{probe}"}
-    collect = {**extra, "max_length": MAX_LENGTH, "router_logits": True, "attrs": attrs}
+    collect = {**extra, "max_length": MAX_LENGTH, "router_logits": True, "predictions": True, "attrs": attrs}
     safe = model.replace("/", "--")
     return f"probe-{probe}-{safe}", base, collect, texts, labels
 

@@ -18,7 +18,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from moe_lib.schema import EXPERT, EXPERT_ID_FILL, LAYER, SLOT, TOKEN, check_trace
+from moe_lib.schema import EXPERT, EXPERT_ID_FILL, LAYER, PREDICTED_ID_DTYPE, SLOT, TOKEN, check_trace
 
 # Attrs that legitimately differ between the start of a write and its resumption.
 _VOLATILE_ATTRS = {"created", "n_texts", "n_tokens"}
@@ -79,6 +79,8 @@ def build_dataset(layers: list[int], coords: dict, data: dict, attrs: dict) -> x
         variables["router_logits"] = ((TOKEN, LAYER, EXPERT), data["router_logits"])
     if "shared_gate" in data:
         variables["shared_gate"] = ((TOKEN, LAYER), data["shared_gate"].astype(np.float32))
+    if "predicted_id" in data:
+        variables["predicted_id"] = ((TOKEN,), data["predicted_id"].astype(PREDICTED_ID_DTYPE))
     all_coords = {LAYER: np.asarray(layers, dtype=np.int32), SLOT: np.arange(k, dtype=np.int32)}
     if "router_logits" in data:
         all_coords[EXPERT] = np.arange(data["router_logits"].shape[-1], dtype=np.int32)

@@ -71,12 +71,21 @@ def _batches(n_items: int, batch_size: int, start: int):
         yield first, min(first + batch_size, n_items)
 
 
-def _forward_kwargs(model) -> dict:
-    """Ask for the last position's logits only where the model allows: routing is all we keep."""
+def _forward_kwargs(model, predictions: bool = False) -> dict:
+    """Ask for the last position's logits only where the model allows and only when routing
+    is all we keep: predictions need the logits of every position."""
     import inspect
 
     accepted = inspect.signature(model.forward).parameters
-    return {"logits_to_keep": 1} if "logits_to_keep" in accepted else {}
+    return {"logits_to_keep": 1} if "logits_to_keep" in accepted and not predictions else {}
+
+
+def vocab_size(model) -> int:
+    """Return the width of ``model``'s next-token logits (its LM head's outputs)."""
+    head = model.get_output_embeddings()
+    if head is not None and hasattr(head, "out_features"):
+        return int(head.out_features)
+    return int(model.config.vocab_size)
 
 
 def collect_trace(
@@ -89,6 +98,7 @@ def collect_trace(
     max_length: int = 256,
     batch_size: int = 8,
     router_logits: bool = False,
+    predictions: bool = False,
     logits_dtype: str = "float16",
     add_special_tokens: bool = True,
     store: str | Path | None = None,
@@ -107,6 +117,9 @@ def collect_trace(
         overlapping a span get ``is_target=True`` (from the tokenizer's offsets, never by
         searching decoded strings). Needs a fast tokenizer.
     router_logits : also store raw ``router_logits(token, layer, expert)`` in ``logits_dtype``.
+    predictions : also store ``predicted_id(token)``, the argmax of the model's next-token
+        logits at each position, from the same forward pass (the LM head then runs on every
+        position, not only the last, which costs a (batch, length, vocab) logits tensor).
     store : write to this Zarr path chunk by chunk (resuming an interrupted write there)
         and return the opened store; None keeps everything in memory.
     chunk_tokens : tokens buffered before each write, and the Zarr chunk length.
@@ -123,11 +136,13 @@ def collect_trace(
         raise ValueError("no texts to trace")
 
     all_attrs = {**trace_attrs(model, router_logits), "max_length": max_length, **(attrs or {})}
+    if predictions:  # the schema checks predicted ids against it
+        all_attrs["vocab_size"] = vocab_size(model)
     all_attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     writer = TraceWriter(store, all_attrs, chunk_tokens=chunk_tokens, logits_dtype=logits_dtype)
     start = writer.n_texts_done
     device = next(model.parameters()).device
-    forward_kwargs = _forward_kwargs(model)
+    forward_kwargs = _forward_kwargs(model, predictions)
     memo: dict[int, str] = {}
 
     bar = tqdm(total=len(texts), initial=start, desc="trace", unit="text", disable=not progress)
@@ -151,7 +166,7 @@ def collect_trace(
             for row, ids in enumerate(enc["input_ids"]):
                 input_ids[row, : len(ids)] = torch.tensor(ids)
                 mask[row, : len(ids)] = 1
-            model(input_ids=input_ids.to(device), attention_mask=mask.to(device), **forward_kwargs)
+            output = model(input_ids=input_ids.to(device), attention_mask=mask.to(device), **forward_kwargs)
             record = cap.pop()
 
             keep = mask.flatten().numpy().astype(bool)
@@ -177,19 +192,21 @@ def collect_trace(
                 data["router_logits"] = record.router_logits[keep]
             if record.shared_gate is not None:
                 data["shared_gate"] = record.shared_gate[keep]
+            if predictions:
+                predicted = output.logits.argmax(dim=-1).flatten().cpu().numpy()
+                data["predicted_id"] = predicted[keep].astype(np.int32)
             writer.add(record.layers, coords, data, n_texts_done=last)
             bar.update(last - first)
     bar.close()
     return check_trace(writer.finish())
 
 
-
-
-
-def choose_batch_size(model, max_length: int, start: int = 64) -> int:
+def choose_batch_size(model, max_length: int, start: int = 64, predictions: bool = False) -> int:
     """Return the largest batch (halving from ``start``) whose forward fits in GPU memory.
 
     On the CPU memory is rarely the limit and larger batches do not run faster: 8.
+    ``predictions`` sizes the batch for the logits of every position, as
+    ``collect_trace(predictions=True)`` computes them.
     """
     device = next(model.parameters()).device
     if device.type != "cuda":
@@ -199,7 +216,7 @@ def choose_batch_size(model, max_length: int, start: int = 64) -> int:
         try:
             with torch.inference_mode():
                 ids = torch.zeros(batch_size, max_length, dtype=torch.long, device=device)
-                model(input_ids=ids, **_forward_kwargs(model))
+                model(input_ids=ids, **_forward_kwargs(model, predictions))
             return batch_size
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()

@@ -5,6 +5,7 @@ import pytest
 from helpers_traces import make_trace
 
 from moe_lib.analysis import specialization
+from moe_lib.schema import TraceSchemaError, check_trace
 
 
 def split_domains():
@@ -70,3 +71,59 @@ def test_independent_experts_have_lift_one():
     table = specialization.coactivation(make_trace(ids, 16))
     assert table["lift"].mean() == pytest.approx(1.0, abs=0.01)
     assert table["lift"].between(0.8, 1.2).all()
+
+
+def with_predictions(ds, predicted, vocab_size=10):
+    """Return ``ds`` with a ``predicted_id`` variable, as collect_trace(predictions=True) stores it."""
+    out = ds.assign(predicted_id=("token", np.asarray(predicted, np.int32)))
+    out.attrs["vocab_size"] = vocab_size
+    return check_trace(out)
+
+
+def test_vocabulary_specialization_of_predicted_tokens_by_hand():
+    # top-1 routes 0 0 1 | 1 2 2; predicted 7 7 7 | 8 8 8; inputs alternate 5 6 5 6 5 6
+    ds = with_predictions(
+        make_trace(np.array([[0], [0], [1], [1], [2], [2]]), 4, token_id=[5, 6, 5, 6, 5, 6]),
+        [7, 7, 7, 8, 8, 8],
+    )
+    table = specialization.vocabulary_by_kind(ds, min_count=3)
+    predicted = table[table.token_kind == "predicted next token"].set_index("token_id")
+    assert sorted(predicted.index) == [7, 8]
+    assert predicted.loc[7, "top_expert"] == 0 and predicted.loc[7, "specialization"] == pytest.approx(2 / 3)
+    assert predicted.loc[8, "top_expert"] == 2 and predicted.loc[8, "specialization"] == pytest.approx(2 / 3)
+    assert (predicted["n_occurrences"] == 3).all()
+    inputs = table[table.token_kind == "input token"].set_index("token_id")
+    assert inputs.loc[5, "specialization"] == pytest.approx(1 / 3)  # experts 0, 1, 2
+    assert set(table.token_kind) == {"input token", "next token", "predicted next token"}
+
+
+def test_vocabulary_by_kind_leaves_out_predictions_a_trace_lacks():
+    ds = make_trace(np.array([[0], [0], [1]]), 2, token_id=[5, 5, 5])
+    assert set(specialization.vocabulary_by_kind(ds, min_count=1).token_kind) == {"input token", "next token"}
+    with pytest.raises(ValueError, match="no variable 'predicted_id'.*predictions=True"):
+        specialization.predicted_token_ids(ds)
+
+
+@pytest.mark.parametrize(
+    ("predicted", "vocab_size", "message"),
+    [
+        (np.array([1, 2, 10], np.int32), 10, "predicted_id holds 10, outside the vocabulary"),
+        (np.array([1, -1, 3], np.int32), 10, "predicted_id holds -1"),
+        (np.array([1, 2, 3], np.int64), 10, "predicted_id has dtype int64"),
+        (np.array([1, 2, 3], np.int32), None, "no attribute 'vocab_size'"),
+    ],
+)
+def test_schema_checks_predicted_ids(predicted, vocab_size, message):
+    ds = make_trace(np.array([[0], [0], [1]]), 2).assign(predicted_id=("token", predicted))
+    if vocab_size is not None:
+        ds.attrs["vocab_size"] = vocab_size
+    with pytest.raises(TraceSchemaError, match=message):
+        check_trace(ds)
+
+
+def test_schema_checks_predicted_id_dims():
+    ds = make_trace(np.array([[0, 1], [0, 1]]), 2)
+    ds = ds.assign(predicted_id=(("token", "layer"), np.zeros((2, 2), np.int32)))
+    ds.attrs["vocab_size"] = 4
+    with pytest.raises(TraceSchemaError, match="predicted_id has dims"):
+        check_trace(ds)

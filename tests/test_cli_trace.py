@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from moe_lib.cli import main
 from moe_lib.trace_store import open_trace
@@ -28,6 +29,22 @@ def test_trace_command_writes_a_schema_store(saved_model, tmp_path):
     assert ds.attrs["family"] == "qwen2_moe" and "router_logits" in ds and "shared_gate" in ds
     assert set(ds.domain.values) == {"x", "y"}
     assert list(ds.layer.values) == [1, 2, 3]  # layer 0 is dense in this config
+    assert "predicted_id" not in ds
+
+
+def test_trace_command_stores_predictions(saved_model, tmp_path):
+    from moe_lib.models.registry import load
+
+    texts = tmp_path / "texts.txt"
+    texts.write_text("the river bank\na key to the door\n")
+    out = tmp_path / "t.zarr"
+    assert main(["trace", str(saved_model), "--texts", str(texts), "--out", str(out), "--predictions"]) == 0
+    ds = open_trace(out)
+    model, tokenizer = load(str(saved_model))
+    ids = torch.tensor([tokenizer("the river bank")["input_ids"]])
+    with torch.no_grad():
+        expected = model(input_ids=ids).logits[0].argmax(-1).numpy()
+    assert ds.predicted_id.values[ds.seq.values == 0].tolist() == expected.tolist()
 
 
 @pytest.mark.parametrize(

@@ -31,18 +31,20 @@ def _crash_after(model, n_forwards):
     return model.register_forward_pre_hook(hook, with_kwargs=True)
 
 
-def _interrupted_trace(model, tokenizer, store):
+def _interrupted_trace(model, tokenizer, store, **kwargs):
     """Start a trace into ``store`` and crash it after three forwards."""
     handle = _crash_after(model, 3)
     try:
         with pytest.raises(Crash):
-            _trace(model, tokenizer, store)
+            _trace(model, tokenizer, store, **kwargs)
     finally:
         handle.remove()
 
 
-def _trace(model, tokenizer, store=None):
-    return collect_trace(model, tokenizer, TEXTS, batch_size=4, chunk_tokens=20, store=store, progress=False)
+def _trace(model, tokenizer, store=None, **kwargs):
+    return collect_trace(
+        model, tokenizer, TEXTS, batch_size=4, chunk_tokens=20, store=store, progress=False, **kwargs
+    )
 
 
 def _assert_same_trace(a, b):
@@ -59,6 +61,23 @@ def test_crash_mid_write_leaves_no_store_then_resumes(olmoe, tokenizer, tmp_path
     resumed = _trace(olmoe, tokenizer, store)
     assert not partial_path(store).exists()
     _assert_same_trace(_trace(olmoe, tokenizer), resumed)
+
+
+def test_predicted_ids_resume_without_loss_or_duplicates(olmoe, tokenizer, tmp_path):
+    store = tmp_path / "t.zarr"
+    _interrupted_trace(olmoe, tokenizer, store, predictions=True)
+    resumed = _trace(olmoe, tokenizer, store, predictions=True)
+    full = _trace(olmoe, tokenizer, predictions=True)
+    assert resumed.predicted_id.sizes["token"] == full.sizes["token"]
+    _assert_same_trace(full, resumed)
+
+
+def test_resume_without_predictions_is_refused(olmoe, tokenizer, tmp_path):
+    """A write started with predictions cannot resume without them: half the store would lack ids."""
+    store = tmp_path / "t.zarr"
+    _interrupted_trace(olmoe, tokenizer, store, predictions=True)
+    with pytest.raises(TraceStoreError, match="other settings.*vocab_size"):
+        _trace(olmoe, tokenizer, store)
 
 
 def test_crash_between_append_and_progress_record_is_cut_back(olmoe, tokenizer, tmp_path, monkeypatch):

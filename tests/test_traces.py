@@ -97,3 +97,32 @@ def test_expert_zero_survives_the_round_trip(olmoe, tokenizer, tmp_path):
 def test_labels_must_match_texts(olmoe, tokenizer):
     with pytest.raises(ValueError, match="label 'domain' has 1 values for 2 texts"):
         collect_trace(olmoe, tokenizer, ["a", "b"], labels={"domain": ["x"]}, progress=False)
+
+
+def test_predicted_id_is_the_argmax_of_the_models_own_logits(olmoe, tokenizer):
+    texts = AWKWARD[:3]
+    ds = collect_trace(olmoe, tokenizer, texts, batch_size=3, predictions=True, progress=False)
+    assert ds.predicted_id.dims == ("token",) and ds.predicted_id.dtype == np.int32
+    assert ds.attrs["vocab_size"] == olmoe.config.vocab_size
+    for seq, text in enumerate(texts):
+        ids = torch.tensor([tokenizer(text)["input_ids"]])
+        with torch.no_grad():
+            logits = olmoe(input_ids=ids).logits[0]
+        assert logits.shape[0] == ids.shape[1]  # every position's logits, not only the last
+        expected = logits.argmax(dim=-1).numpy()
+        np.testing.assert_array_equal(ds.predicted_id.values[ds.seq.values == seq], expected)
+    # the predictions are not the input ids shifted, or the test would prove little
+    assert (ds.predicted_id.values != ds.token_id.values).any()
+
+
+def test_predictions_are_off_by_default(olmoe, tokenizer):
+    ds = collect_trace(olmoe, tokenizer, AWKWARD[:2], progress=False)
+    assert "predicted_id" not in ds and "vocab_size" not in ds.attrs
+
+
+def test_predictions_round_trip_through_zarr(olmoe, tokenizer, tmp_path):
+    kwargs = dict(batch_size=2, chunk_tokens=7, predictions=True, progress=False)
+    in_memory = collect_trace(olmoe, tokenizer, AWKWARD, **kwargs)
+    stored = collect_trace(olmoe, tokenizer, AWKWARD, store=tmp_path / "t.zarr", **kwargs)
+    assert stored.predicted_id.dtype == np.int32
+    _same_but_created(in_memory, stored.load())

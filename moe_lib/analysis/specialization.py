@@ -107,6 +107,20 @@ def next_token_ids(ds: xr.Dataset) -> np.ndarray:
     return out
 
 
+def predicted_token_ids(ds: xr.Dataset) -> np.ndarray:
+    """Return the id the model predicted next at each token (token,), from ``predicted_id``.
+
+    The trace must have been collected with ``predictions=True``; the prediction at the
+    last token of a text is kept (it is a prediction like any other, only unchecked).
+    """
+    if "predicted_id" not in ds:
+        raise ValueError(
+            f"trace of {ds.attrs.get('model', '?')!r} has no variable 'predicted_id'; "
+            "collect it with predictions=True (`trace --predictions`)"
+        )
+    return np.asarray(ds["predicted_id"].values, np.int64)
+
+
 def _token_expert_counts(routes: np.ndarray, token_ids: np.ndarray, n_experts: int):
     """Return (unique token ids, counts (token id, layer, expert)) of top-1 routes;
     negative ids are left out."""
@@ -159,6 +173,23 @@ def vocabulary_specialization(
             "specialization": (counts.max(axis=-1) / n_occurrences[:, None]).ravel(),
             "specialization_shuffled": (shuffled.max(axis=-1) / n_occurrences[:, None]).ravel(),
         }
+    )
+
+
+def vocabulary_by_kind(ds: xr.Dataset, min_count: int = 5, seed: int = 0) -> pd.DataFrame:
+    """Return ``vocabulary_specialization`` stacked for each id a token's routing can be
+    attributed to, told apart by a ``token_kind`` column.
+
+    Kinds: "input token", "next token" (the true one) and, where the trace holds the
+    model's predictions, "predicted next token", as the OLMoE paper measures them.
+    """
+    kinds = {"input token": None, "next token": next_token_ids(ds)}
+    if "predicted_id" in ds:
+        kinds["predicted next token"] = predicted_token_ids(ds)
+    return pd.concat(
+        [vocabulary_specialization(ds, ids, min_count=min_count, seed=seed).assign(token_kind=kind)
+         for kind, ids in kinds.items()],
+        ignore_index=True,
     )
 
 

@@ -64,6 +64,8 @@ def add_command(subparsers) -> None:
     parser.add_argument("--max-length", type=int, default=256, help="tokens kept per text (default 256)")
     parser.add_argument("--batch-size", default="auto", help="texts per forward, or 'auto' (default)")
     parser.add_argument("--router-logits", action="store_true", help="also store raw router logits (float16)")
+    parser.add_argument("--predictions", action="store_true",
+                        help="also store predicted_id, the argmax of the next-token logits at each token")
     parser.add_argument("--label-fields", default="", help="comma-separated .jsonl fields kept as token labels")
     parser.add_argument("--revision", help="hub branch, tag or commit (e.g. an OLMoE training checkpoint), "
                         "or a checkpoint of one of our training runs (step-000480)")
@@ -87,7 +89,9 @@ def run(args: argparse.Namespace) -> int:
         args.model, revision=args.revision, device=args.device, dtype=args.dtype, device_map=args.device_map
     )
     batch_size = (
-        choose_batch_size(model, args.max_length) if args.batch_size == "auto" else int(args.batch_size)
+        choose_batch_size(model, args.max_length, predictions=args.predictions)
+        if args.batch_size == "auto"
+        else int(args.batch_size)
     )
     ds = collect_trace(
         model,
@@ -97,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
         max_length=args.max_length,
         batch_size=batch_size,
         router_logits=args.router_logits,
+        predictions=args.predictions,
         store=args.out,
         attrs={"dataset": args.texts.name, "revision": args.revision or ""},
     )
