@@ -284,6 +284,9 @@ def path_heatmap(windows: pd.DataFrame, value: str = "normalised_entropy") -> gg
         + geom_tile()
         + geom_text(aes(label="text"), size=7, colour="white")
         + scale_fill_cmap(HEATMAP_CMAP, name=titles.get(value, value))
+        # both axes count layers: breaks at the tiles, never the default half-integers
+        + scale_x_layer(data["first_layer"])
+        + scale_y_continuous(breaks=sorted({int(v) for v in data["length"]}))
         + labs(x="First layer of the window (index)", y="Window length (MoE layers)")
         + theme_moe()
     )

@@ -37,6 +37,16 @@ def test_meaning_flow_counts_transitions_per_meaning():
     assert flow["n_tokens"].sum() == 100 and (flow["share"] == 1.0).all()
 
 
+def test_target_occurrences_leave_the_callers_labels_unchanged():
+    ds = make_trace(np.zeros((4, 2), int), 2, token_id=[5, 6, 5, 6],
+                    labels={"is_target": np.array([True, True, False, True])})
+    before = ds["is_target"].values.copy()
+    occ = crosslayer.target_occurrences(ds, token_id=6)
+    assert occ["token_id"].values.tolist() == [6, 6] and occ["pos"].values.tolist() == [1, 3]
+    np.testing.assert_array_equal(ds["is_target"].values, before)
+    assert crosslayer.target_occurrences(ds)["pos"].values.tolist() == [0, 1, 3]
+
+
 def test_context_specialization_against_shuffled_meanings():
     separate = crosslayer.specialization_js(polysemous_trace(), n_permutations=50)
     # Meanings on disjoint experts: JS(meaning, pooled) = sqrt(1 - H(1/2,1/2)/2 ...) > baseline.

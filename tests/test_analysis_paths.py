@@ -1,5 +1,7 @@
 """Tests of moe_lib.analysis.paths and moe_lib.analysis.route_clusters."""
 
+import warnings
+
 import numpy as np
 import pytest
 from helpers_traces import make_trace, random_trace
@@ -110,6 +112,23 @@ def test_path_context_correlation_detects_shared_structure_and_not_noise():
     assert linked["spearman"] > 0.5 and linked["p_value"] < 0.05
     unrelated = route_clusters.path_context_correlation(ds, rng.standard_normal((300, 3)), n_permutations=50)
     assert abs(unrelated["spearman"].iloc[0]) < 0.05 and unrelated["p_value"].iloc[0] > 0.05
+
+
+def test_path_context_correlation_is_nan_where_routes_never_vary():
+    """Every pair at the same path distance: no correlation, and no p-value pretending one."""
+    rng = np.random.default_rng(0)
+    ds = make_trace(np.tile([[1, 3, 2]], (40, 1)), 4)
+    embeddings = rng.standard_normal((40, 3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no division by a zero spread on the way
+        row = route_clusters.path_context_correlation(ds, embeddings, n_permutations=20).iloc[0]
+    assert row["n_tokens"] == 40
+    for column in ("spearman", "spearman_shuffled", "spearman_shuffled_q95", "p_value"):
+        assert np.isnan(row[column]), column
+    # the same tokens with routes that vary get a number again: NaN is not the default
+    varied = make_trace(np.stack([rng.integers(0, 4, 40)] * 3, axis=1), 4)
+    row = route_clusters.path_context_correlation(varied, embeddings, n_permutations=20).iloc[0]
+    assert not np.isnan(row["spearman"]) and not np.isnan(row["p_value"])
 
 
 def test_path_groups_of_a_token_subset_keep_their_contexts():

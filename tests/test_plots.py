@@ -1,10 +1,12 @@
 """Tests of moe_lib.plots: every builder is built from real analysis output and drawn."""
 
+import copy
 import io
 
 import numpy as np
 import pytest
 from helpers_traces import make_trace, random_trace
+from plotnine import aes, geom_tile, ggplot
 
 from moe_lib import plots
 from moe_lib.analysis import crosslayer, distribution, paths, saturation, specialization
@@ -85,6 +87,26 @@ def test_path_and_specialization_heatmaps(trace):
     assert co.mapping["x"] == "expert_j" and len(co.data) == 8 * 7
     for figure in (heat, share, tv, co):
         drawn(figure)
+
+
+def _built_breaks(figure) -> dict[str, list]:
+    """Return the x and y breaks of ``figure``'s panel scales, as drawing computes them."""
+    figure = copy.deepcopy(figure)
+    figure._build()
+    return {
+        "x": list(figure.layout.panel_scales_x[0].get_breaks()),
+        "y": list(figure.layout.panel_scales_y[0].get_breaks()),
+    }
+
+
+def test_path_heatmap_ticks_are_whole_layers(trace):
+    windows = paths.path_windows(trace)
+    breaks = _built_breaks(plots.path_heatmap(windows, "coverage_top10"))
+    assert breaks["x"] == sorted(set(windows["first_layer"]))
+    assert breaks["y"] == sorted(set(windows["length"]))
+    # plotnine's own breaks for these axes fall on halves: the test can tell them apart
+    default = _built_breaks(ggplot(windows, aes("first_layer", "length")) + geom_tile())
+    assert any(b % 1 for b in default["x"] + default["y"] if b is not None)
 
 
 def test_axis_titles_are_words():

@@ -29,8 +29,8 @@ def target_occurrences(ds: xr.Dataset, token_id: int | None = None) -> xr.Datase
     if "is_target" not in ds.coords:
         raise KeyError(f"trace of model {ds.attrs.get('model')!r} has no token label 'is_target'")
     mask = np.asarray(ds["is_target"].values, dtype=bool)
-    if token_id is not None:
-        mask &= np.asarray(ds["token_id"].values) == token_id
+    if token_id is not None:  # a new array: ``&=`` would write through into ds's labels
+        mask = mask & (np.asarray(ds["token_id"].values) == token_id)
     if not mask.any():
         raise ValueError(
             f"trace of model {ds.attrs.get('model')!r}: no target occurrences"

@@ -127,6 +127,11 @@ def path_context_correlation(
     -------
     DataFrame
         One row: n_tokens, spearman, spearman_shuffled (mean), spearman_shuffled_q95, p_value.
+        All but n_tokens are NaN where the routes never vary (every pair of tokens at the
+        same path distance) or the contexts never vary, or there are fewer than two pairs:
+        a correlation with a constant is undefined, and a p-value computed from NaN
+        correlations would be (1 + 0) / (1 + n_permutations), a small number that means
+        nothing.
     """
     embeddings = np.asarray(embeddings, dtype=np.float64)
     if embeddings.shape[0] != ds.sizes["token"]:
@@ -139,6 +144,9 @@ def path_context_correlation(
     upper = np.triu_indices(sample.size, k=1)
     route_rank = rankdata(1.0 - pdist(routes, metric="hamming"))
     context_rank = squareform(rankdata((unit @ unit.T)[upper]), checks=False)
+    if route_rank.size < 2 or np.ptp(route_rank) == 0 or np.ptp(context_rank[upper]) == 0:
+        undefined = dict.fromkeys(("spearman", "spearman_shuffled", "spearman_shuffled_q95", "p_value"), np.nan)
+        return pd.DataFrame([{"n_tokens": int(sample.size), **undefined}])
 
     def correlation(order: np.ndarray) -> float:
         # Permuting tokens permutes the context matrix; its entries' ranks move with them.
