@@ -126,3 +126,14 @@ def test_predictions_round_trip_through_zarr(olmoe, tokenizer, tmp_path):
     stored = collect_trace(olmoe, tokenizer, AWKWARD, store=tmp_path / "t.zarr", **kwargs)
     assert stored.predicted_id.dtype == np.int32
     _same_but_created(in_memory, stored.load())
+
+
+def test_predictions_of_every_family_match_its_logits(any_family_model, tokenizer):
+    """Every family returns every position's logits, and its LM head's width as vocab_size."""
+    text = "the bank of the river"
+    ds = collect_trace(any_family_model, tokenizer, [text], predictions=True, progress=False)
+    ids = torch.tensor([tokenizer(text)["input_ids"]], device=any_family_model.device)
+    with torch.no_grad():
+        logits = any_family_model(input_ids=ids).logits[0]
+    np.testing.assert_array_equal(ds.predicted_id.values, logits.argmax(-1).cpu().numpy())
+    assert ds.attrs["vocab_size"] == logits.shape[-1]
