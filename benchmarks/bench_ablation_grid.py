@@ -9,7 +9,12 @@ unembedding adds a cost the reuse cannot save). The script times them in alterna
 (medians over repetitions), checks they agree, and prints the ratios next to the one
 predicted by counting decoder-layer calls.
 
-Run: python benchmarks/bench_ablation_grid.py [--model PATH_OR_NAME] [--grid full] [--repeats 3]
+With ``--memory`` it measures instead the peak resident memory of one reusing loss grid
+over texts of varied lengths, in two fresh processes: with glibc's default malloc, and with
+:func:`~moe_lib.analysis.ablation_runs.large_blocks_by_mmap` (what the ``ablate``
+command and the site set); it prints both peaks and their ratio.
+
+Run: python benchmarks/bench_ablation_grid.py [--model PATH_OR_NAME] [--grid full] [--repeats 3] [--memory]
 """
 
 from __future__ import annotations
@@ -17,7 +22,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
+import subprocess
+import sys
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -33,6 +41,7 @@ from moe_lib.analysis.ablation import (
     run_grid,
     start_layer,
 )
+from moe_lib.analysis.ablation_runs import large_blocks_by_mmap
 from moe_lib.capture import find_moe_layers
 from moe_lib.models import standard
 from moe_lib.models.families import family_of, top_k
@@ -47,8 +56,9 @@ def default_shaped(n_layers: int, device: str):
     return model.to(device).eval()
 
 
-def sample_texts(n_texts: int) -> list[str]:
-    """Real text on every machine: the sources of standard-library modules, cut to 2,000 characters."""
+def sample_texts(n_texts: int, varied: bool = False) -> list[str]:
+    """Real text on every machine: the sources of standard-library modules, cut to 2,000
+    characters (``varied``: 300 to 2,000, so that every batch has another length)."""
     import inspect
 
     import argparse as m1
@@ -57,7 +67,8 @@ def sample_texts(n_texts: int) -> list[str]:
     import textwrap as m4
 
     source = "\n".join(inspect.getsource(m) for m in (m1, m2, m3, m4))
-    return [source[i * 2000 : (i + 1) * 2000] for i in range(n_texts)]
+    lengths = [300 + (i * 617) % 1701 if varied else 2000 for i in range(n_texts)]
+    return [source[i * 2000 : i * 2000 + lengths[i]] for i in range(n_texts)]
 
 
 def predicted_ratio(conditions, moe_layers, n_layers: int) -> float:
@@ -77,7 +88,11 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3, help="alternating timings of each grid (default 3)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--memory", action="store_true", help="peak memory with and without large_blocks_by_mmap")
+    parser.add_argument("--malloc", choices=["default", "mmap"], help=argparse.SUPPRESS)  # one --memory child
     args = parser.parse_args(argv)
+    if args.memory:
+        return memory_report(argv if argv is not None else sys.argv[1:])
 
     if args.model:
         from moe_lib.models.registry import load
@@ -89,8 +104,16 @@ def main(argv=None) -> int:
     family = family_of(model.config)
     moe_layers = find_moe_layers(model, family)
     conditions = grid_conditions(moe_layers, top_k(model.config), args.grid, bool(family.shared_experts))
-    texts = sample_texts(args.n_texts)
+    texts = sample_texts(args.n_texts, varied=args.malloc is not None)
     batches = encode_batches(tokenizer, texts, batch_size=args.batch_size, max_length=args.max_length)
+    if args.malloc is not None:
+        if args.malloc == "mmap" and not large_blocks_by_mmap():
+            raise SystemExit("large_blocks_by_mmap: not glibc, nothing to measure")
+        run_grid(model, batches, conditions, next_token_score, progress=False)
+        # ru_maxrss is in KiB on Linux
+        print(json.dumps({"peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+                          "n_batches": len(batches), "n_conditions": len(conditions)}))
+        return 0
 
     scorers = {
         "letters": letter_scorer([10, 20, 30, 40], answers=np.zeros(len(texts), dtype=int)),
@@ -128,6 +151,25 @@ def main(argv=None) -> int:
         "max_abs_difference_letters": float(
             np.abs(results["letters", True][letters].to_numpy() - results["letters", False][letters].to_numpy()).max()
         ),
+    }
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+def memory_report(argv: list[str]) -> int:
+    """Run one grid per malloc setting, each in a fresh process, and print both peaks and their ratio."""
+    base = [a for a in argv if a != "--memory"]
+    peaks = {}
+    for malloc in ("default", "mmap"):
+        out = subprocess.run([sys.executable, __file__, *base, "--malloc", malloc], check=True,
+                             capture_output=True, text=True).stdout
+        peaks[malloc] = json.loads(out.strip().splitlines()[-1])
+    report = {
+        **{f"peak_rss_gb_{malloc}": round(peak["peak_rss_gb"], 3) for malloc, peak in peaks.items()},
+        "ratio_default_over_mmap": round(peaks["default"]["peak_rss_gb"] / peaks["mmap"]["peak_rss_gb"], 2),
+        "n_batches": peaks["mmap"]["n_batches"],
+        "n_conditions": peaks["mmap"]["n_conditions"],
+        "torch_threads": torch.get_num_threads(),
     }
     print(json.dumps(report, indent=1))
     return 0

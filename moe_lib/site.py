@@ -216,7 +216,9 @@ def _trace_hub(model: str, name, identity, collect, texts, labels) -> xr.Dataset
     return ds
 
 
-def _checkpoint_dir(model: str, step: int) -> Path:
+def checkpoint_dir(model: str, step: int) -> Path:
+    """Return the folder where a project model's run keeps its checkpoint of optimizer step
+    ``step`` (under :func:`models_dir`), whether or not it exists."""
     from moe_lib.checkpoints import step_dir
 
     return step_dir(models_dir() / model / "checkpoints", step)
@@ -228,7 +230,7 @@ def _trace_own(model: str, step: int, name, identity, collect, texts, labels) ->
     import moe_lib.models.cross_layer  # noqa: F401  registers moe_crosslayer with AutoModel
     from moe_lib.checkpoints import load_model
 
-    path = _checkpoint_dir(model, step)
+    path = checkpoint_dir(model, step)
     if not path.is_dir() and model.endswith("-tiny"):
         train_tiny(model)
     if not path.is_dir():
@@ -237,7 +239,7 @@ def _trace_own(model: str, step: int, name, identity, collect, texts, labels) ->
             f"and no checkpoint at {path} to trace. Run `python -m moe_lib build` to train the "
             "project's models and trace their probes."
         )
-    _check_run(model, path)
+    check_run(model, path)
     loaded = load_model(path, AutoModelForCausalLM).eval()
     tokenizer = AutoTokenizer.from_pretrained(PROJECT_ROOT / "datasets" / "tokenizer")
     ds = cache.cached_trace(name, identity, loaded, tokenizer, texts, labels=labels, progress=False, **collect)
@@ -245,8 +247,9 @@ def _trace_own(model: str, step: int, name, identity, collect, texts, labels) ->
     return ds
 
 
-def _check_run(model: str, path: Path) -> None:
-    """Raise unless the checkpoint or run folder ``path`` was trained with today's recipe.
+def check_run(model: str, path: Path) -> None:
+    """Return None if the checkpoint or run folder ``path`` of project model ``model`` was
+    trained with the code's recipe; raise :class:`MissingDataError` otherwise.
 
     A run of an older recipe (another hash) must not be traced under the new recipe's
     identity: its traces would be served as the new model's.
@@ -401,7 +404,7 @@ def training_metrics(model: str) -> pd.DataFrame:
         if not path.is_file() and model.endswith("-tiny"):
             train_tiny(model)
         if path.is_file():
-            _check_run(model, path.parent)
+            check_run(model, path.parent)
         if not path.is_file():
             raise MissingDataError(f"model {model!r}: no cached training metrics and no {path}; "
                                    "run `python -m moe_lib build`")
@@ -427,7 +430,8 @@ def provenance() -> pd.DataFrame:
 
 
 __all__ = [
-    "PROJECT_MODELS", "MissingDataError", "analysis_version", "cached_models", "checkpoints", "models",
+    "PROJECT_MODELS", "MissingDataError", "analysis_version", "cached_models", "check_run", "checkpoint_dir",
+    "checkpoints", "models",
     "own_recipe", "per_model", "provenance", "schedule", "table", "trace", "trace_key", "train_tiny",
     "training_metrics", "with_checkpoints",
 ]

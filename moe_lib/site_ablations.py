@@ -1,9 +1,10 @@
 """The ablations chapter's data: the expert-ablation grid and the logit lens of every model
 whose results are cached, run first for the project's own models when missing.
 
-The tables are those of ``python -m moe_lib ablate`` (:mod:`moe_lib.commands.ablate`), in the
-same stores under the same keys: a hub model's run on a GPU and a project model's run here
-land side by side, and :func:`ablation_tables` reads them all. A project model whose final
+The tables are those of ``python -m moe_lib ablate`` (:mod:`moe_lib.commands.ablate`), built
+by :mod:`moe_lib.analysis.ablation_runs` into the same stores under the same keys: a hub
+model's run on a GPU and a project model's run here land side by side, and
+:func:`ablation_tables` reads them all. A project model whose final
 checkpoint is on disk is looked up by the key its weights give (so a retrained model is
 run afresh, never served an old table); without its checkpoint (a fresh clone), the
 committed tables of that name are read back.
@@ -24,11 +25,11 @@ from plotnine import (
     scale_colour_manual, scale_x_continuous,
 )
 
-from moe_lib.analysis import ablation
+from moe_lib.analysis import ablation, ablation_runs
 from moe_lib.analysis.lens import summarize_lens
 from moe_lib.plots import theme_moe
 
-BENCHMARKS = ("heldout", "mmlu")
+BENCHMARKS = ablation_runs.BENCHMARKS
 # Zero-shot MMLU prompts: five solved questions overflow our models' 256 positions.
 N_SHOTS = 0
 
@@ -56,12 +57,12 @@ def final_checkpoint(model: str):
     from moe_lib import site
 
     step = max(step for step, _ in site.schedule(model))
-    path = site._checkpoint_dir(model, step)
+    path = site.checkpoint_dir(model, step)
     if not path.is_dir() and model.endswith("-tiny"):
         site.train_tiny(model)
     if not path.is_dir():
         return None
-    site._check_run(model, path)
+    site.check_run(model, path)
     return path
 
 
@@ -69,73 +70,41 @@ def run_own(model: str, benchmark: str, **options) -> tuple[pd.DataFrame, pd.Dat
     """Return ``(grid rows, lens rows)`` of a project model from the cache, running the
     ``ablate`` command's grid and lens on its final checkpoint if missing; None without one.
 
-    Keys are those of the command: the model's name, the sha256 of its weights, the
-    benchmark, the sample's fingerprint, its length limit, the seed and the grid.
+    Keys are those of the command (:func:`~moe_lib.analysis.ablation_runs.run_identity`):
+    the model's name, the sha256 of its weights, the benchmark, the sample's fingerprint,
+    its length limit, the seed and the grid.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import moe_lib.models.cross_layer  # noqa: F401  registers moe_crosslayer with AutoModel
-    from moe_lib.cache import cached_table, fingerprint
     from moe_lib.checkpoints import load_model
-    from moe_lib.commands import ablate
-    from moe_lib.models.registry import PROJECT_ROOT, model_identity
+    from moe_lib.models.registry import PROJECT_ROOT
 
     path = final_checkpoint(model)
     if path is None:
         return None
-    large_blocks_by_mmap()
     loaded = load_model(path, AutoModelForCausalLM).eval()
     tokenizer = AutoTokenizer.from_pretrained(PROJECT_ROOT / "datasets" / "tokenizer")
     args = ablate_arguments(model, benchmark, **options)
     positions = int(loaded.config.max_position_embeddings)
     # The command's lengths (the model's positions for MMLU, 256 tokens of text), within the positions.
     args.max_length = args.max_length or (positions if benchmark == "mmlu" else min(256, positions))
-    texts, labels = _items(args)
-    identity = {
-        **model_identity(loaded, name=model),
-        "dtype": str(next(loaded.parameters()).dtype).removeprefix("torch."),
-        "benchmark": benchmark, "sample": fingerprint(texts, labels), "max_length": args.max_length,
-        "seed": args.seed, "ablation_version": ablate.ABLATION_VERSION,
-    }
-    grid = cached_table(f"ablation-{benchmark}", {**identity, "grid": args.grid},
-                        lambda: ablate._grid_table(args, loaded, tokenizer, texts, labels))
-    lens = cached_table(f"lens-{benchmark}", identity,
-                        lambda: ablate._lens_table(args, loaded, tokenizer, texts, labels))
-    return grid, lens
+    texts, labels = _sample(args)
+    return ablation_runs.cached_tables(
+        loaded, tokenizer, texts, labels, name=model, benchmark=benchmark, max_length=args.max_length,
+        grid=args.grid, batch_size=args.batch_size, seed=args.seed,
+    )
 
 
-def large_blocks_by_mmap(threshold: int = 1 << 16) -> bool:
-    """Make glibc's malloc serve every block over ``threshold`` bytes by mmap, returned to
-    the system when freed; return whether it could (Linux with glibc only).
-
-    The grid allocates logits of another size for every batch (texts differ in length).
-    By default glibc raises its mmap threshold after each such free and keeps later blocks
-    in the heap, which fragments: the default models' held-out grid grew past 21 GB
-    resident and was killed, while six of its batches peak at 0.59 GB with this setting
-    against 5.6 GB without.
-    """
-    import ctypes
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return False
-    m_mmap_threshold = -3  # from glibc's malloc.h
-    return bool(mallopt(m_mmap_threshold, threshold))
-
-
-def _items(args) -> tuple[list[str], dict]:
+def _sample(args) -> tuple[list[str], dict]:
     from moe_lib import site
     from moe_lib.commands import ablate
 
-    if args.benchmark == "heldout":
-        return ablate.heldout_items(args)
     try:
-        return ablate.mmlu_items(args)
+        return ablate.sample(args)
     except FileNotFoundError as error:
+        if args.benchmark == "heldout":
+            raise
         raise site.MissingDataError(f"{error} (MMLU for the ablations chapter)") from error
 
 

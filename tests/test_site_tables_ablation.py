@@ -129,12 +129,6 @@ def test_ablation_tables_refuses_an_unknown_benchmark():
         site_ablations.ablation_tables("hellaswag", ["standard-default"])
 
 
-def test_large_blocks_by_mmap_sets_glibc_where_there_is_one():
-    import sys
-
-    assert site_ablations.large_blocks_by_mmap() is sys.platform.startswith("linux")
-
-
 def test_letter_bias_is_the_share_of_the_most_picked_letter_at_baseline():
     grid = pd.DataFrame({"condition": ["baseline"] * 4 + ["slots 0 | layers all"] * 4, "pred": [0, 0, 0, 2] + [1] * 4,
                          "model": pd.Categorical(["m"] * 8)})

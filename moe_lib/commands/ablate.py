@@ -9,7 +9,8 @@ identity, the benchmark, the grid and the sample's fingerprint:
 - ``lens-mmlu``: per question, layer and lens condition, the answer letter's rank and
   probability; ``lens-heldout``: per domain, layer and lens condition, the lens summary.
 
-Read them back with :func:`moe_lib.analysis.ablation.cached_results`.
+Built by :mod:`moe_lib.analysis.ablation_runs`, as the ablations chapter builds them; read
+them back with :func:`moe_lib.analysis.ablation.cached_results`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-ABLATION_VERSION = 1  # bump when what the grid computes changes: it is part of every key
 CORPUS_VALIDATION = Path("datasets/corpus/validation.jsonl")
 
 
@@ -51,117 +51,30 @@ def add_command(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def mmlu_items(args) -> tuple[list[str], dict]:
-    """Return the prompts and their labels (answer, subject, domain) of a seeded MMLU sample."""
-    from moe_lib.data.mmlu import format_prompt, load_mmlu, sample_questions
+def sample(args: argparse.Namespace) -> tuple[list[str], dict]:
+    """Return the texts and labels the arguments ask for: a seeded MMLU sample or held-out texts
+    (see :func:`~moe_lib.analysis.ablation_runs.mmlu_items` and ``heldout_items``)."""
+    from moe_lib.analysis import ablation_runs
 
-    table = load_mmlu(args.split, source=args.mmlu_source, root=args.mmlu_root)
-    dev = load_mmlu("dev", source=args.mmlu_source, root=args.mmlu_root)
-    n_questions = min(args.n_questions, len(table))
-    questions = sample_questions(table, n_questions, args.seed).merge(table, on=["subject", "row"])
-    prompts = [format_prompt(row, dev, args.n_shots) for _, row in questions.iterrows()]
-    labels = {name: questions[name].tolist() for name in ("answer", "subject", "domain", "row")}
-    return prompts, labels
-
-
-def heldout_items(args) -> tuple[list[str], dict]:
-    """Return up to ``--n-docs`` held-out texts per domain (seeded) and their labels."""
-    import numpy as np
-
-    from moe_lib.data.corpus import read_documents
-
-    if not args.corpus.is_file():
-        raise FileNotFoundError(f"{args.corpus}: no held-out corpus; build it with `python -m moe_lib corpus`")
-    documents = read_documents(args.corpus)
-    rng = np.random.default_rng(args.seed)
-    picked = []
-    for domain in sorted({d["domain"] for d in documents}):
-        in_domain = [d for d in documents if d["domain"] == domain]
-        chosen = rng.choice(len(in_domain), size=min(args.n_docs, len(in_domain)), replace=False)
-        picked += [in_domain[i] for i in sorted(chosen)]
-    labels = {name: [d[name] for d in picked] for name in ("id", "domain", "language")}
-    return [d["text"] for d in picked], labels
-
-
-def lens_conditions():
-    """Return the lens's conditions: baseline, top-1 removed in all layers, its random control."""
-    from moe_lib.analysis.ablation import Condition
-
-    return [Condition(), Condition("all", "0"), Condition("all", "0", random_control=True)]
-
-
-def _grid_table(args, model, tokenizer, texts, labels):
-    import pandas as pd
-
-    from moe_lib.analysis import ablation
-    from moe_lib.capture import find_moe_layers
-    from moe_lib.models.families import family_of, top_k
-
-    family = family_of(model.config)
-    conditions = ablation.grid_conditions(
-        find_moe_layers(model, family), top_k(model.config), args.grid, bool(family.shared_experts)
-    )
-    kwargs = dict(batch_size=args.batch_size, seed=args.seed)
     if args.benchmark == "mmlu":
-        results = ablation.score_multiple_choice(
-            model, tokenizer, texts, labels["answer"], conditions, max_length=args.max_length, **kwargs
-        )
-    else:
-        results = ablation.heldout_loss(model, tokenizer, texts, conditions, max_length=args.max_length, **kwargs)
-    item_labels = pd.DataFrame({k: v for k, v in labels.items() if k != "answer"}).rename(columns={"id": "doc_id"})
-    return results.join(item_labels, on="item").assign(model=args.model)
-
-
-def _lens_table(args, model, tokenizer, texts, labels):
-    import pandas as pd
-
-    from moe_lib.analysis.ablation import encode_batches, letter_token_ids
-    from moe_lib.analysis.lens import logit_lens, summarize_lens
-
-    frames = []
-    for condition in lens_conditions():
-        ablation = None if condition.is_baseline else {**condition.ablate_kwargs(), "seed": args.seed}
-        if args.benchmark == "mmlu":
-            letters = letter_token_ids(tokenizer)
-            batches = encode_batches(
-                tokenizer, texts, batch_size=args.batch_size, max_length=args.max_length, keep="end"
-            )
-            answer_ids = [letters[a] for a in labels["answer"]]
-            lens = logit_lens(model, batches, answer_ids=answer_ids, candidates=letters, ablation=ablation)
-            lens = lens.join(pd.DataFrame({k: labels[k] for k in ("subject", "domain")}), on="item")
-        else:
-            batches = encode_batches(tokenizer, texts, batch_size=args.batch_size, max_length=args.max_length)
-            lens = logit_lens(model, batches, ablation=ablation)
-            lens = summarize_lens(lens.join(pd.DataFrame({"domain": labels["domain"]}), on="item"), by=["domain"])
-        frames.append(lens.assign(**condition.columns()))
-    return pd.concat(frames, ignore_index=True).assign(model=args.model)
+        return ablation_runs.mmlu_items(split=args.split, n_questions=args.n_questions, n_shots=args.n_shots,
+                                          seed=args.seed, source=args.mmlu_source, root=args.mmlu_root)
+    return ablation_runs.heldout_items(args.corpus, n_docs=args.n_docs, seed=args.seed)
 
 
 def run(args: argparse.Namespace) -> int:
+    from moe_lib.analysis import ablation_runs
     from moe_lib.analysis.ablation import summarize_accuracy, summarize_loss
-    from moe_lib.cache import cached_table, fingerprint
-    from moe_lib.models.registry import load, model_identity
+    from moe_lib.models.registry import load
 
     model, tokenizer = load(args.model, revision=args.revision, device=args.device, dtype=args.dtype)
     if args.max_length is None:
         args.max_length = int(model.config.max_position_embeddings) if args.benchmark == "mmlu" else 256
-    texts, labels = mmlu_items(args) if args.benchmark == "mmlu" else heldout_items(args)
-    identity = {
-        **model_identity(model, name=args.model, revision=args.revision),
-        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
-        "benchmark": args.benchmark,
-        "sample": fingerprint(texts, labels),
-        "max_length": args.max_length,
-        "seed": args.seed,
-        "ablation_version": ABLATION_VERSION,
-    }
-    results = cached_table(
-        f"ablation-{args.benchmark}",
-        {**identity, "grid": args.grid},
-        lambda: _grid_table(args, model, tokenizer, texts, labels),
+    texts, labels = sample(args)
+    results, _ = ablation_runs.cached_tables(
+        model, tokenizer, texts, labels, name=args.model, benchmark=args.benchmark, max_length=args.max_length,
+        grid=args.grid, batch_size=args.batch_size, seed=args.seed, revision=args.revision, lens=not args.no_lens,
     )
-    if not args.no_lens:
-        cached_table(f"lens-{args.benchmark}", identity, lambda: _lens_table(args, model, tokenizer, texts, labels))
     if args.benchmark == "mmlu":
         summary = summarize_accuracy(results, seed=args.seed)
         print(f"{args.model}: MMLU accuracy over {summary['n_items'].iloc[0]} questions (chance 0.25)")
