@@ -357,22 +357,6 @@ def meaning_prediction_long(table: pd.DataFrame) -> pd.DataFrame:
     return long
 
 
-def vocabulary_by_kind(ds: xr.Dataset, min_count: int = 5, seed: int = 0) -> pd.DataFrame:
-    """Return ``specialization.vocabulary_specialization`` for the input token and the true
-    next token, told apart by a ``token_kind`` column.
-
-    The predicted next token needs the model's predictions, which a routing trace does
-    not hold, so it is not computed here.
-    """
-    from moe_lib.analysis import specialization
-
-    return pd.concat([
-        specialization.vocabulary_specialization(ds, min_count=min_count, seed=seed).assign(token_kind="input token"),
-        specialization.vocabulary_specialization(ds, specialization.next_token_ids(ds), min_count=min_count,
-                                                 seed=seed).assign(token_kind="next token"),
-    ], ignore_index=True)
-
-
 def vocabulary_summary(table: pd.DataFrame, by: tuple[str, ...] = ("model", "token_kind", "layer")) -> pd.DataFrame:
     """Return the occurrence-weighted mean vocabulary specialization and its shuffled-id
     baseline per ``by`` group (columns ``specialization``, ``specialization_shuffled``,

@@ -7,7 +7,7 @@ import pytest
 from helpers_traces import make_trace
 
 from moe_lib import site_tables
-from moe_lib.analysis import paths
+from moe_lib.analysis import paths, specialization
 
 
 def contextual_trace(n_per_meaning: int = 40, seed: int = 0):
@@ -136,7 +136,7 @@ def test_vocabulary_of_tokens_bound_to_one_expert_is_fully_specialised():
     # Token id t always goes to expert t; its next token is the other id.
     token_id = np.tile([0, 1], 20)
     ds = make_trace(np.stack([token_id, token_id], axis=1), 2, token_id=token_id)
-    table = site_tables.vocabulary_by_kind(ds, min_count=5)
+    table = specialization.vocabulary_by_kind(ds, min_count=5)
     assert set(table["token_kind"]) == {"input token", "next token"}
     summary = site_tables.vocabulary_summary(table).set_index(["token_kind", "layer"])
     assert (summary.loc["input token", "specialization"] == 1).all()
