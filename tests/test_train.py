@@ -230,6 +230,15 @@ def test_a_run_loads_by_its_folder_as_its_final_checkpoint_with_its_tokenizer(da
     with pytest.raises(ModelNotFoundError, match="no checkpoint 'step-999999'"):
         load(str(run_dir), revision="step-999999")
 
+    from moe_lib.cli import main
+    from moe_lib.trace_store import open_trace
+
+    (tmp_path / "texts.txt").write_text("def f(x):\n    return x\n")
+    argv = ["trace", str(run_dir), "--texts", str(tmp_path / "texts.txt"), "--out", str(tmp_path / "t.zarr")]
+    assert main(argv + ["--revision", names[0]]) == 0
+    attrs = open_trace(tmp_path / "t.zarr").attrs
+    assert (attrs["model"], attrs["revision"]) == (str(run_dir), names[0])  # as given, not the resolved path
+
     unfinished = _train("standard", data_dirs, tmp_path / "unfinished", stop_after=5)
     with pytest.raises(ModelNotFoundError, match="training stopped at step"):
         load(str(unfinished))

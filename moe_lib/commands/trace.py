@@ -103,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
         router_logits=args.router_logits,
         predictions=args.predictions,
         store=args.out,
-        attrs={"dataset": args.texts.name, "revision": args.revision or ""},
+        # the name the user gave (registry name, hub id or folder), not the resolved local path
+        attrs={"model": args.model, "dataset": args.texts.name, "revision": args.revision or ""},
     )
     print(f"{args.out}: {ds.sizes['token']} tokens, {ds.sizes['layer']} MoE layers, top-{ds.attrs['top_k']}")
     return 0
