@@ -26,6 +26,8 @@ from plotnine import (
     geom_text,
     geom_tile,
     ggplot,
+    guide_legend,
+    guides,
     labs,
     scale_colour_brewer,
     scale_colour_cmap_d,
@@ -289,6 +291,21 @@ def path_heatmap(windows: pd.DataFrame, value: str = "normalised_entropy") -> gg
         + scale_y_continuous(breaks=sorted({int(v) for v in data["length"]}))
         + labs(x="First layer of the window (index)", y="Window length (MoE layers)")
         + theme_moe()
+    )
+
+
+def route_map_plot(table: pd.DataFrame, colour: str = "domain") -> ggplot:
+    """Return the UMAP map of routes, one panel per model, points coloured by ``colour``;
+    the axes carry no units, so they are left blank."""
+    return (
+        ggplot(table, aes(x="x", y="y", colour=colour))
+        + geom_point(size=0.6, alpha=0.5, stroke=0)
+        + facet_wrap("~model", scales="free")
+        + scale_colour_brewer(type="qual", palette=LABEL_PALETTE, name=colour.capitalize())
+        + guides(colour=guide_legend(override_aes={"size": 3, "alpha": 1}))  # legible keys
+        + labs(x="UMAP 1", y="UMAP 2")
+        + theme_moe()
+        + theme(axis_text=element_blank(), axis_ticks=element_blank(), panel_grid=element_blank())
     )
 
 

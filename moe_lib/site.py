@@ -22,8 +22,10 @@ trained first if need be; otherwise the error says to run ``python -m moe_lib bu
 
 from __future__ import annotations
 
+import ast
 import functools
 import hashlib
+import importlib.util
 import inspect
 import json
 import os
@@ -144,11 +146,13 @@ def _open_if_cached(name: str, identity: dict, collect: dict, texts, labels) -> 
     if json.loads(attrs.get("cache_identity", "null")) != json.loads(cache._canonical(expanded)):
         return None
     ds = open_trace(path)
-    _record(ds.attrs, kind="trace")
+    record_read(ds.attrs, kind="trace")
     return ds
 
 
-def _record(attrs: dict, kind: str, **extra) -> None:
+def record_read(attrs: dict, kind: str, **extra) -> None:
+    """Note that the page read the store of ``attrs`` (its cache_name, cache_key, model, ...):
+    :func:`provenance` lists these, and ``build --stores-file`` commits them."""
     row = {
         "kind": kind,
         "store": attrs.get("cache_name", ""),
@@ -180,8 +184,8 @@ def trace_key(model: str, probe: str = "domains", step: int | str = "final") -> 
     """Return the cache key of a model's probe trace, computed without the store or the model."""
     (name, identity, collect, texts, labels), step = _request(model, probe, step)
     key = cache.cache_key(cache.trace_identity(identity, texts, labels, collect))
-    _record({"cache_name": name, "cache_key": key, "model": model, "step": "" if step is None else step},
-            kind="trace")
+    record_read({"cache_name": name, "cache_key": key, "model": model, "step": "" if step is None else step},
+                kind="trace")
     return key
 
 
@@ -212,7 +216,7 @@ def _trace_hub(model: str, name, identity, collect, texts, labels) -> xr.Dataset
 
     loaded, tokenizer = load(model, device=device())
     ds = cache.cached_trace(name, identity, loaded, tokenizer, texts, labels=labels, progress=True, **collect)
-    _record(ds.attrs, kind="trace")
+    record_read(ds.attrs, kind="trace")
     return ds
 
 
@@ -243,7 +247,7 @@ def _trace_own(model: str, step: int, name, identity, collect, texts, labels) ->
     loaded = load_model(path, AutoModelForCausalLM).eval()
     tokenizer = AutoTokenizer.from_pretrained(PROJECT_ROOT / "datasets" / "tokenizer")
     ds = cache.cached_trace(name, identity, loaded, tokenizer, texts, labels=labels, progress=False, **collect)
-    _record(ds.attrs, kind="trace")
+    record_read(ds.attrs, kind="trace")
     return ds
 
 
@@ -297,7 +301,10 @@ def models(requested=None) -> list[str]:
 
 
 def _code_modules(module) -> list:
-    """Return ``module`` and every moe_lib module its globals reach (transitively), by name."""
+    """Return ``module`` and the moe_lib modules it uses, transitively: every one its globals
+    reach, and every analysis module it imports anywhere, function bodies included (a table
+    function that imports an analysis module lazily depends on it all the same; lazy imports
+    of the modules that only fetch data, like ``site`` or ``train``, are not followed)."""
     found, todo = {}, [module]
     while todo:
         current = todo.pop()
@@ -308,7 +315,30 @@ def _code_modules(module) -> list:
             owner = value if inspect.ismodule(value) else inspect.getmodule(value)
             if owner is not None and owner.__name__.startswith("moe_lib.") and owner.__name__ not in found:
                 todo.append(owner)
+        todo += [importlib.import_module(name) for name in _imported_modules(current) if name not in found]
     return [found[name] for name in sorted(found)]
+
+
+def _imported_modules(module) -> list[str]:
+    """Return the names of the ``moe_lib.analysis`` modules that ``module``'s source imports,
+    at any depth."""
+    names = []
+    for node in ast.walk(ast.parse(inspect.getsource(module))):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names if alias.name.startswith("moe_lib.")]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "moe_lib":
+            if node.module != "moe_lib":
+                names.append(node.module)
+            names += [f"{node.module}.{alias.name}" for alias in node.names  # `from moe_lib.analysis import paths`
+                      if _is_module(f"{node.module}.{alias.name}")]
+    return [name for name in names if name.startswith("moe_lib.analysis.")]
+
+
+def _is_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:  # a name inside a module, not a submodule
+        return False
 
 
 def analysis_version(fn: Callable) -> str:
@@ -355,7 +385,7 @@ def _table(name: str, trace_keys, load: Callable, fn: Callable, params: dict, mo
     identity = {"table": name, "traces": trace_keys, "fn": f"{fn.__module__}.{fn.__qualname__}",
                 "params": params, "analysis_version": version}
     result = cache.cached_table(name, identity, lambda: fn(load(), **params))
-    _record({"cache_name": name, "cache_key": cache.cache_key(identity), "model": model},
+    record_read({"cache_name": name, "cache_key": cache.cache_key(identity), "model": model},
             kind="table", analysis_version=version)
     return result
 
@@ -415,7 +445,7 @@ def training_metrics(model: str) -> pd.DataFrame:
         return metrics
 
     result = cache.cached_table("training-metrics", identity, read)
-    _record({"cache_name": "training-metrics", "cache_key": cache.cache_key(identity), "model": model}, kind="table")
+    record_read({"cache_name": "training-metrics", "cache_key": cache.cache_key(identity), "model": model}, kind="table")
     return result
 
 
@@ -432,6 +462,6 @@ def provenance() -> pd.DataFrame:
 __all__ = [
     "PROJECT_MODELS", "MissingDataError", "analysis_version", "cached_models", "check_run", "checkpoint_dir",
     "checkpoints", "models",
-    "own_recipe", "per_model", "provenance", "schedule", "table", "trace", "trace_key", "train_tiny",
+    "own_recipe", "per_model", "provenance", "record_read", "schedule", "table", "trace", "trace_key", "train_tiny",
     "training_metrics", "with_checkpoints",
 ]

@@ -147,6 +147,8 @@ def ablation_tables(benchmark: str, models: list[str], **options) -> tuple[pd.Da
         cached = latest_cached(name)
         if not cached.empty:
             wanted = cached["model"].isin(models) | ~cached["model"].str.endswith("-tiny")
+            for model, key in cached.loc[wanted, ["model", "cache_key"]].drop_duplicates().itertuples(index=False):
+                site.record_read({"cache_name": name, "cache_key": key, "model": model}, kind="ablation")
             frames.append(cached[wanted & ~cached["model"].isin(ran)].drop(columns="cache_key"))
     grid, lens = (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame() for frames in (grids, lenses))
     order = list(dict.fromkeys([m for m in models if m in set(grid.get("model", []))]

@@ -307,6 +307,19 @@ def route_cluster_agreement(ds: xr.Dataset, targets_only: bool = False, max_toke
                                                   seed=seed)
 
 
+def route_map_table(ds: xr.Dataset, targets_only: bool = False, max_tokens: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Return ``route_clusters.route_map`` of full routes with each token's labels beside it:
+    domain and language on the domains probe, target and meaning with ``targets_only``."""
+    from moe_lib.analysis import route_clusters
+
+    labels = ("target", "meaning") if targets_only else ("domain", "language")
+    ds = _target_rows(ds) if targets_only else ds
+    table = route_clusters.route_map(ds, max_tokens=max_tokens, seed=seed)
+    for name in labels:
+        table[name] = np.asarray(ds[name].values, dtype=object)[table["token"].to_numpy()]
+    return table
+
+
 def sample_texts(ds: xr.Dataset) -> np.ndarray:
     """Return for every token the text of its sample (its ``seq``'s token strings joined in
     ``pos`` order), object array (token,)."""

@@ -140,3 +140,18 @@ def test_path_groups_of_a_token_subset_keep_their_contexts():
     groups = paths.path_groups(ds, min_tokens=3, n_context=1, tokens=target)
     assert groups["n_tokens"].tolist() == [3] and groups["top_token"].iloc[0] == " bank"
     assert groups["examples"].iloc[0][0] == "the[[ bank]] of"
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning:umap")  # few distinct points: UMAP says so
+def test_route_map_places_each_route_nearest_its_own_group_and_is_seeded():
+    ds = polysemous(400, informative_layer=0)
+    ids = np.repeat(ds["expert_id"].values[:, :1], 3, axis=1)  # four routes, one per expert
+    ds = make_trace(ids, 4, labels={"meaning": ds["meaning"].values})
+    table = route_clusters.route_map(ds, max_tokens=300, seed=0)
+    assert len(table) == 300 and table["token"].is_unique and table["token"].is_monotonic_increasing
+    assert (table["path"] == ["-".join(map(str, r)) for r in ids[table["token"], :, 0]]).all()
+    centres = table.groupby("path")[["x", "y"]].mean()
+    squared = ((table[["x", "y"]].to_numpy()[:, None] - centres.to_numpy()[None]) ** 2).sum(-1)
+    assert (centres.index[squared.argmin(axis=1)] == table["path"]).all()
+    again = route_clusters.route_map(ds, max_tokens=300, seed=0)
+    np.testing.assert_array_equal(table[["x", "y"]].to_numpy(), again[["x", "y"]].to_numpy())

@@ -4,6 +4,7 @@ import copy
 import io
 
 import numpy as np
+import pandas as pd
 import pytest
 from helpers_traces import make_trace, random_trace
 from plotnine import aes, geom_tile, ggplot
@@ -122,4 +123,13 @@ def test_vocabulary_specialization_summary_is_occurrence_weighted():
     figure = plots.vocabulary_specialization_plot(specialization.vocabulary_specialization(ds, min_count=1))
     observed = figure.data[figure.data["kind"] == "observed"]["value"]
     assert observed.tolist() == pytest.approx([1.0, 0.75])
+    drawn(figure)
+
+
+def test_route_map_is_one_panel_per_model_coloured_by_the_label():
+    rng = np.random.default_rng(0)
+    table = pd.DataFrame({"model": np.repeat(["a", "b"], 50), "x": rng.normal(size=100), "y": rng.normal(size=100),
+                          "domain": rng.choice(["code", "speech"], 100)})
+    figure = plots.route_map_plot(table, "domain")
+    assert figure.mapping["color"] == "domain" and figure.facet.vars == ["model"]
     drawn(figure)

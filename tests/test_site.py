@@ -250,3 +250,12 @@ def test_build_lists_the_tables_read_and_the_final_traces(workspace):
     listed = {Path(p).name for p in site_stores(["standard-tiny"])}
     assert any(name.startswith("balance-test-4-") for name in listed)
     assert f"probe-domains-standard-tiny-{site.trace_key('standard-tiny')}.zarr" in listed
+
+
+def test_a_table_functions_code_version_covers_the_analysis_modules_it_imports_lazily():
+    """site_tables imports route_clusters inside its functions: an edit there must make new tables."""
+    from moe_lib import site, site_tables
+
+    names = {module.__name__ for module in site._code_modules(site_tables)}
+    assert {"moe_lib.analysis.route_clusters", "moe_lib.analysis.paths"} <= names
+    assert "moe_lib.site" not in names and "moe_lib.train" not in names  # data fetching is not followed

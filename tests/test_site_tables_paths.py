@@ -167,3 +167,13 @@ def test_a_target_whose_occurrences_share_one_route_has_no_correlation_and_no_p_
     table = site_tables.path_context_by_target(ds, n_permutations=20).set_index("target")
     assert np.isnan(table.loc[" y", "spearman"]) and np.isnan(table.loc[" y", "p_value"])
     assert table.loc[" x", "p_value"] > 0
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning:umap")
+def test_route_map_table_carries_each_sampled_tokens_own_labels():
+    ds = domain_trace()
+    table = site_tables.route_map_table(ds, max_tokens=60)
+    tokens = table["token"].to_numpy()
+    np.testing.assert_array_equal(table["domain"], ds["domain"].values[tokens])
+    np.testing.assert_array_equal(table["language"], ds["language"].values[tokens])
+    assert (table.groupby("path")["domain"].nunique() == 1).all()  # the experts split the domains

@@ -163,3 +163,42 @@ def path_context_correlation(
             "p_value": (1 + int((shuffled >= observed).sum())) / (1 + n_permutations),
         }]
     )
+
+
+def route_map(
+    ds: xr.Dataset,
+    first_layer: int | None = None,
+    length: int | None = None,
+    max_tokens: int = 2000,
+    n_neighbors: int = 15,
+    min_dist: float = 0.1,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Return two UMAP coordinates per sampled token, from the Hamming distance of routes.
+
+    For the picture only: UMAP keeps neighbourhoods, not distances, so how far apart two
+    groups sit in the map means nothing; the clusters and their agreement with labels are
+    measured on the distances themselves (:func:`cluster_routes`). Tokens with the same
+    route land on the same point.
+
+    Returns
+    -------
+    DataFrame
+        Columns token (index into ``ds``'s token dim, ascending), x, y and the path
+        (experts joined by "-").
+    """
+    import warnings
+
+    import umap  # numba-compiled: imported only when a map is drawn
+
+    start, length = window_start(ds, first_layer, length)
+    routes = top1(ds)[:, start:start + length]
+    rng = np.random.default_rng(seed)
+    sample = np.sort(rng.choice(routes.shape[0], min(max_tokens, routes.shape[0]), replace=False))
+    reducer = umap.UMAP(n_neighbors=min(n_neighbors, len(sample) - 1), min_dist=min_dist, metric="hamming",
+                        random_state=seed, n_jobs=1)
+    with warnings.catch_warnings():  # about inverse_transform, which a picture never uses
+        warnings.filterwarnings("ignore", "gradient function is not yet implemented", UserWarning)
+        xy = reducer.fit_transform(routes[sample].astype(np.float64))
+    return pd.DataFrame({"token": sample, "x": xy[:, 0], "y": xy[:, 1],
+                         "path": ["-".join(map(str, r)) for r in routes[sample]]})

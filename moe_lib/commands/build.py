@@ -152,11 +152,13 @@ def run(args: argparse.Namespace) -> int:
 
 def site_stores(models: list[str]) -> list[str]:
     """Return the paths of the stores read so far in this process that a fresh clone needs:
-    every analysis table, and the final domains trace of each model (a base for new tables)."""
+    every analysis table and ablation run, and the final domains trace of each model (a base
+    for new tables)."""
     from moe_lib import cache, site
 
     used = site.provenance()
-    keep = set(used.loc[used["kind"] == "table", "cache_key"]) | {site.trace_key(m, "domains") for m in models}
+    keep = set(used.loc[used["kind"].isin(["table", "ablation"]), "cache_key"])
+    keep |= {site.trace_key(m, "domains") for m in models}
     stores = cache.list_stores()
     return sorted(str(Path(p).relative_to(PROJECT_ROOT)) if Path(p).is_relative_to(PROJECT_ROOT) else p
                   for p in stores.loc[stores["key"].isin(keep), "path"])
