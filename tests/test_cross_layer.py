@@ -175,3 +175,17 @@ def test_cached_decoding_matches_a_full_forward():
         assert prefix.cache is not None and prefix.cache.get_seq_length() == ids.shape[1] - 1
         step = model(ids[:, -1:], cache=prefix.cache).logits[:, -1]
     torch.testing.assert_close(step, full, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("module", [standard, cross_layer])
+def test_both_recipes_run_grouped_experts_that_equal_the_eager_loop(module):
+    """transformers gives the eager loop over experts to a model class whose own module lacks
+    its decorator; ours says it supports grouped matrix products (2.6x faster on a GPU)."""
+    model = module.build_model(module.preset("tiny"), 512, {"eos_token_id": 0}).eval()
+    assert model.get_experts_implementation()[""] == "grouped_mm"
+    ids = torch.randint(0, 512, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        grouped = model(input_ids=ids).logits
+        model.set_experts_implementation("eager")
+        eager = model(input_ids=ids).logits
+    torch.testing.assert_close(grouped, eager, rtol=1e-5, atol=1e-5)
