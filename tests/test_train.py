@@ -255,3 +255,5 @@ def test_a_folder_without_its_tokenizer_is_refused(data_dirs, tmp_path):
         load(str(tmp_path / "bare"))
     tokenizer.save_pretrained(tmp_path / "bare")
     assert len(load(str(tmp_path / "bare"))[1]) == len(tokenizer)
+    with pytest.raises(ModelNotFoundError, match="a saved folder has no revisions"):
+        load(str(tmp_path / "bare"), revision="step-000010")

@@ -106,6 +106,8 @@ def resolve(name_or_path: str, revision: str | None = None) -> tuple[str, ModelS
             return str(run_checkpoint(path, revision)), spec
         if not (path / "config.json").is_file():
             raise ModelNotFoundError(f"{path}: a folder without config.json is not a saved model")
+        if revision is not None:
+            raise ModelNotFoundError(f"{path}: a saved folder has no revisions (asked for {revision!r})")
         return str(path), spec
     if _looks_like_hub_id(name_or_path):
         return name_or_path, None
