@@ -76,6 +76,7 @@ def analyses(ds, earlier):
         ("paths.meaning_prediction", lambda: paths.meaning_prediction(ds)),
         ("route_clusters (3000 sampled)", lambda: route_clusters.cluster_label_agreement(
             ds, route_clusters.cluster_routes(ds), n_permutations=100)),
+        ("route_clusters.route_map (2000 sampled)", lambda: route_clusters.route_map(ds)),
         ("specialization.domain_expert_share", lambda: specialization.domain_expert_share(ds)),
         ("specialization.domain_tv_distance (5 perm)", lambda: specialization.domain_tv_distance(ds)),
         ("specialization.vocabulary_specialization", lambda: specialization.vocabulary_specialization(ds)),
