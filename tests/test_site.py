@@ -259,3 +259,24 @@ def test_a_table_functions_code_version_covers_the_analysis_modules_it_imports_l
     names = {module.__name__ for module in site._code_modules(site_tables)}
     assert {"moe_lib.analysis.route_clusters", "moe_lib.analysis.paths"} <= names
     assert "moe_lib.site" not in names and "moe_lib.train" not in names  # data fetching is not followed
+
+
+def test_a_pretrained_checkpoint_folder_runs_a_chapter_table_and_is_traced_once(tmp_path, monkeypatch):
+    """What `quarto render chapters/X.qmd -P 'models:[FOLDER]'` does, with a tiny saved model
+    standing in for a pretrained checkpoint: traced on the probe once, then read from the cache."""
+    from moe_lib.models import registry
+    from moe_lib.models.tiny import tiny_model, tiny_tokenizer
+
+    monkeypatch.setenv("MOE_LIB_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "qwen-like"
+    tiny_model("qwen2_moe").save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    first = site.per_model("weight-by-slot", [str(folder)], distribution.weight_by_slot)
+    assert set(first["model"]) == {str(folder)} and list(first["layer"].unique()) == [1, 2, 3]  # layer 0 is dense
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the second run must read the cache, not load the model")
+
+    monkeypatch.setattr(registry, "load", no_loading)
+    again = site.per_model("weight-by-slot", [str(folder)], distribution.weight_by_slot)
+    pd.testing.assert_frame_equal(first, again)
