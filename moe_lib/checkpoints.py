@@ -130,12 +130,6 @@ def list_steps(root: Path) -> list[int]:
     return sorted(steps)
 
 
-def latest(root: Path) -> Path | None:
-    """Return the completed checkpoint with the most steps under ``root``, or None."""
-    steps = list_steps(root)
-    return step_dir(root, steps[-1]) if steps else None
-
-
 def load_trainer_state(path: Path) -> dict:
     """Return the optimizer/RNG/data-position state of a verified checkpoint."""
     verify(path)

@@ -136,11 +136,11 @@ def run_checkpoint(run_dir: Path, revision: str | None = None) -> Path:
             names = [checkpoints.step_dir(root, s).name for s in checkpoints.list_steps(root)]
             raise ModelNotFoundError(f"{run_dir}: no checkpoint {revision!r}; it has {names}")
     else:
-        path = checkpoints.latest(root)
-        if path is None:
+        steps = checkpoints.list_steps(root)
+        if not steps:
             raise ModelNotFoundError(f"{run_dir}: no completed checkpoint yet; train (or resume) it first")
+        step, path = steps[-1], checkpoints.step_dir(root, steps[-1])
         n_steps = json.loads((Path(run_dir) / "run.json").read_text())["hyperparameters"]["n_steps"]
-        step = checkpoints.list_steps(root)[-1]
         if step < n_steps:
             raise ModelNotFoundError(
                 f"{run_dir}: training stopped at step {step} of {n_steps}; resume it with "
