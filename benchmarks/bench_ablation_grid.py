@@ -11,7 +11,7 @@ predicted by counting decoder-layer calls.
 
 With ``--memory`` it measures instead the peak resident memory of one reusing loss grid
 over texts of varied lengths, in two fresh processes: with glibc's default malloc, and with
-:func:`~moe_lib.analysis.ablation_runs.large_blocks_by_mmap` (what the ``ablate``
+:func:`~moe_lib.interventions.ablation_runs.large_blocks_by_mmap` (what the ``ablate``
 command and the site set); it prints both peaks and their ratio.
 
 Run: python benchmarks/bench_ablation_grid.py [--model PATH_OR_NAME] [--grid full] [--repeats 3] [--memory]
@@ -33,7 +33,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import torch
 
-from moe_lib.analysis.ablation import (
+from moe_lib.core.capture import find_moe_layers
+from moe_lib.interventions.ablation import (
     encode_batches,
     grid_conditions,
     letter_scorer,
@@ -41,8 +42,7 @@ from moe_lib.analysis.ablation import (
     run_grid,
     start_layer,
 )
-from moe_lib.analysis.ablation_runs import large_blocks_by_mmap
-from moe_lib.capture import find_moe_layers
+from moe_lib.interventions.ablation_runs import large_blocks_by_mmap
 from moe_lib.models import standard
 from moe_lib.models.families import family_of, top_k
 from moe_lib.models.tiny import tiny_tokenizer
@@ -59,10 +59,9 @@ def default_shaped(n_layers: int, device: str):
 def sample_texts(n_texts: int, varied: bool = False) -> list[str]:
     """Real text on every machine: the sources of standard-library modules, cut to 2,000
     characters (``varied``: 300 to 2,000, so that every batch has another length)."""
-    import inspect
-
     import argparse as m1
     import csv as m2
+    import inspect
     import json as m3
     import textwrap as m4
 

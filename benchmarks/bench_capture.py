@@ -28,9 +28,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 import transformers
 
-from moe_lib.capture import capture
+from moe_lib.core.capture import capture
+from moe_lib.core.traces import collect_trace
 from moe_lib.models.tiny import tiny_tokenizer
-from moe_lib.traces import collect_trace
 
 
 def olmoe_shaped(n_layers: int, device: str):

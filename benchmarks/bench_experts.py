@@ -17,7 +17,7 @@ import time
 import torch
 
 from moe_lib.models import cross_layer, standard
-from moe_lib.train import _autocast, _losses, make_optimizer
+from moe_lib.training.train import _autocast, _losses, make_optimizer
 
 RECIPES = {"standard": standard, "cross-layer": cross_layer}
 IMPLEMENTATIONS = ("eager", "grouped_mm")

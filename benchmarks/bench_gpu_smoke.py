@@ -21,11 +21,11 @@ import time
 from pathlib import Path
 
 import torch
-
 from bench_capture import olmoe_shaped, sample_texts
-from moe_lib.capture import capture
+
+from moe_lib.core.capture import capture
+from moe_lib.core.traces import choose_batch_size, collect_trace
 from moe_lib.models.tiny import tiny_tokenizer
-from moe_lib.traces import choose_batch_size, collect_trace
 
 
 def main() -> int:

@@ -13,13 +13,12 @@ The names most sessions need::
 
 __version__ = "0.1.0"
 
-# The function `capture` replaces the submodule of the same name as a package attribute:
-# `moe_lib.capture(model)` is the context manager; `from moe_lib.capture import ...` still
-# reaches the module through sys.modules.
-from moe_lib.capture import capture  # noqa: E402
-from moe_lib.interventions import ablate  # noqa: E402
+# The package's flow, one folder a step (README, "Architecture"): models -> core (capture,
+# trace, cache) -> analysis | interventions | training -> plots -> site -> commands.
+from moe_lib.core.capture import capture  # noqa: E402
+from moe_lib.core.trace_store import open_trace  # noqa: E402
+from moe_lib.core.traces import collect_trace  # noqa: E402
+from moe_lib.interventions.removal import ablate  # noqa: E402
 from moe_lib.models.registry import load  # noqa: E402
-from moe_lib.trace_store import open_trace  # noqa: E402
-from moe_lib.traces import collect_trace  # noqa: E402
 
 __all__ = ["ablate", "capture", "collect_trace", "load", "open_trace", "__version__"]

@@ -20,7 +20,7 @@ import yaml
 from nbclient import NotebookClient
 
 # The build reads chapters' cells with the same expressions; one definition serves both.
-from moe_lib.commands.build import CELL, PROJECT_ROOT, expand_includes  # noqa: E402
+from moe_lib.site.chapters import CELL, PROJECT_ROOT, expand_includes  # noqa: E402
 
 INLINE = re.compile(r"`\{python\}\s+([^`]+)`")
 OPTION = re.compile(r"^#\|\s*([\w-]+)\s*:\s*(.*)$")

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 import numpy as np
 import xarray as xr
 
-from moe_lib.schema import EXPERT_ID_DTYPE, SCHEMA_VERSION, check_trace
+from moe_lib.core.schema import EXPERT_ID_DTYPE, SCHEMA_VERSION, check_trace
 
 
 def make_trace(

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 import torch
 
-from moe_lib.analysis.ablation import (
+from moe_lib.core.capture import find_moe_layers
+from moe_lib.interventions.ablation import (
     BASELINE,
     Condition,
     bootstrap_summary,
@@ -23,7 +24,6 @@ from moe_lib.analysis.ablation import (
     summarize_accuracy,
     summarize_loss,
 )
-from moe_lib.capture import find_moe_layers
 from moe_lib.models.families import family_of, top_k
 from moe_lib.models.tiny import tiny_model, tiny_tokenizer
 
@@ -208,8 +208,8 @@ def _write_mmlu_csv(root, subject="abstract_algebra"):
 
 
 def test_ablate_command_writes_the_grid_and_lens_to_the_cache(tmp_path, monkeypatch, letters_tokenizer):
-    from moe_lib.analysis.ablation import cached_results
     from moe_lib.cli import main
+    from moe_lib.interventions.ablation import cached_results
 
     monkeypatch.setenv("MOE_LIB_CACHE", str(tmp_path / "cache"))
     model_dir = tmp_path / "model"
@@ -239,7 +239,7 @@ def test_ablate_command_writes_the_grid_and_lens_to_the_cache(tmp_path, monkeypa
     grid = cached_results("ablation-mmlu")
     assert len(grid) == 4 * 28 and (grid["domain"] == "math").all()
     # a second run reads the cache: nothing is recomputed
-    monkeypatch.setattr("moe_lib.analysis.ablation.run_grid", lambda *a, **k: pytest.fail("recomputed"))
+    monkeypatch.setattr("moe_lib.interventions.ablation.run_grid", lambda *a, **k: pytest.fail("recomputed"))
     assert main(mmlu + ["--no-lens"]) == 0
 
 

@@ -6,7 +6,7 @@ import platform
 import pytest
 import torch
 
-from moe_lib.analysis import ablation_runs
+from moe_lib.interventions import ablation_runs
 from moe_lib.models.tiny import tiny_model
 
 

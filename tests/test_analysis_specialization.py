@@ -5,7 +5,7 @@ import pytest
 from helpers_traces import make_trace
 
 from moe_lib.analysis import specialization
-from moe_lib.schema import TraceSchemaError, check_trace
+from moe_lib.core.schema import TraceSchemaError, check_trace
 
 
 def split_domains():

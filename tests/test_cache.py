@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import zarr
 
-from moe_lib import cache
+from moe_lib.core import cache
 
 TEXTS = ["the bank of the river", "a key to the door", "def f(x): return x"]
 

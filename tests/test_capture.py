@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from moe_lib.capture import CaptureError, capture, find_moe_layers
+from moe_lib.core.capture import CaptureError, capture, find_moe_layers
 from moe_lib.models.families import (
     FAMILIES,
     UnsupportedFamilyError,
@@ -126,6 +126,6 @@ def test_pop_without_forward_is_an_error(any_family_model):
 
 def test_package_exposes_capture_as_a_function():
     import moe_lib
-    import moe_lib.capture  # noqa: F401  (the submodule import must not shadow the function)
+    import moe_lib.core.capture  # noqa: F401  (the module lives in core/: it cannot shadow the function)
 
     assert callable(moe_lib.capture) and moe_lib.capture is capture

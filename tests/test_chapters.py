@@ -10,11 +10,11 @@ import builtins
 import os
 from pathlib import Path
 
+import chapter_runner as runner
 import pytest
 import yaml
 
-import chapter_runner as runner
-from moe_lib import cache
+from moe_lib.core import cache
 
 ROOT = runner.PROJECT_ROOT
 PAGES = [ROOT / "index.qmd", *sorted((ROOT / "chapters").glob("*.qmd"))]
@@ -160,7 +160,7 @@ def test_chapter_runs_on_the_committed_caches(page, committed_cache):
 @pytest.fixture(scope="module")
 def empty_cache(tmp_path_factory):
     """An empty cache and models folder, and a small corpus to train the tiny models on."""
-    from moe_lib.site_probes import tiny_corpus
+    from moe_lib.site.probes import tiny_corpus
 
     root = tmp_path_factory.mktemp("empty")
     saved = {k: os.environ.get(k) for k in ("MOE_LIB_CACHE", "MOE_LIB_MODELS", "MOE_LIB_CORPUS")}

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from moe_lib.cli import main
-from moe_lib.trace_store import open_trace
+from moe_lib.core.trace_store import open_trace
 
 
 @pytest.fixture(scope="module")

@@ -118,7 +118,8 @@ def test_missing_directory_is_an_error(tmp_path):
 
 
 def test_builder_labels_by_rule_once_per_sample_and_is_seeded():
-    from moe_lib.data.contextual_build import Rule, Snippet, _sentence_snippets, build_token
+    from moe_lib.data.contextual_build import Snippet, _sentence_snippets, build_token
+    from moe_lib.data.contextual_rules import Rule
 
     tokenizer = load_tokenizer(TOKENIZER_DIR) if (TOKENIZER_DIR / "tokenizer.json").is_file() else None
     if tokenizer is None:

@@ -11,11 +11,24 @@ import pytest
 
 from moe_lib.data import corpus, extract
 from moe_lib.data.corpus import (
-    FIELDS, Component, build_corpus, cap_documents, chunk_paragraphs,
-    drop_duplicate_paragraphs, read_documents, split_of, split_paragraphs,
+    FIELDS,
+    Component,
+    build_corpus,
+    cap_documents,
+    chunk_paragraphs,
+    drop_duplicate_paragraphs,
+    read_documents,
+    split_of,
+    split_paragraphs,
 )
 from moe_lib.data.sources import (
-    SOURCES, Source, SourceHashError, fetch_sources, iter_archive, sha256_file, verify_source,
+    SOURCES,
+    Source,
+    SourceHashError,
+    fetch_sources,
+    iter_archive,
+    sha256_file,
+    verify_source,
 )
 
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from moe_lib.capture import capture
+from moe_lib.core.capture import capture
 from moe_lib.models import cross_layer, standard
 
 VOCAB = 300

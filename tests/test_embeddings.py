@@ -7,7 +7,7 @@ import importlib.util
 import numpy as np
 import pytest
 
-from moe_lib.data import embeddings
+from moe_lib.site import embeddings
 
 requires_encoder = pytest.mark.skipif(
     importlib.util.find_spec(embeddings.PACKAGE) is None,

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from moe_lib.capture import capture, find_moe_layers
-from moe_lib.interventions import ablate, select_layers, select_slots
+from moe_lib.core.capture import capture, find_moe_layers
+from moe_lib.interventions.removal import ablate, select_layers, select_slots
 from moe_lib.models.families import family_of
 from moe_lib.models.tiny import tiny_model
 

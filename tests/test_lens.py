@@ -8,8 +8,9 @@ import pandas as pd
 import pytest
 import torch
 
-from moe_lib.analysis.ablation import encode_batches
-from moe_lib.analysis.lens import (
+from moe_lib.core.capture import find_moe_layers
+from moe_lib.interventions.ablation import encode_batches
+from moe_lib.interventions.lens import (
     ResidualStream,
     lens_batch,
     lens_difference,
@@ -18,7 +19,6 @@ from moe_lib.analysis.lens import (
     summarize_lens,
     target_ranks,
 )
-from moe_lib.capture import find_moe_layers
 from moe_lib.models.families import family_of
 from moe_lib.models.tiny import tiny_model
 

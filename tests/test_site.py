@@ -10,8 +10,11 @@ import pandas as pd
 import pytest
 import zarr
 
-from moe_lib import cache, site, site_probes, site_tables
+from moe_lib import site
 from moe_lib.analysis import distribution
+from moe_lib.core import cache
+from moe_lib.site import probes as site_probes
+from moe_lib.site import tables as site_tables
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,8 +24,8 @@ def _untrained_checkpoint(models_dir: Path, model: str) -> Path:
     import torch
     from transformers import AutoTokenizer
 
-    from moe_lib import checkpoints
-    from moe_lib.train import RECIPES
+    from moe_lib.models import checkpoints
+    from moe_lib.training.train import RECIPES
 
     recipe_name, preset, recipe = site.own_recipe(model)
     step, tokens = site.schedule(model)[-1]
@@ -39,7 +42,7 @@ def _untrained_checkpoint(models_dir: Path, model: str) -> Path:
 def workspace(tmp_path_factory):
     """An empty cache and models folder, with an untrained standard-tiny final checkpoint
     whose domains probe was traced by training's own code (probe_traces.trace_checkpoint)."""
-    from moe_lib.probe_traces import trace_checkpoint
+    from moe_lib.training.probe_traces import trace_checkpoint
 
     root = tmp_path_factory.mktemp("site")
     patch = pytest.MonkeyPatch()
@@ -62,7 +65,7 @@ def test_committed_probe_matches_its_recorded_fingerprint():
 
 
 def test_written_probe_reads_back_as_training_draws_it(tmp_path):
-    from moe_lib.probe_traces import domain_probe as draw
+    from moe_lib.training.probe_traces import domain_probe as draw
 
     corpus = site_probes.tiny_corpus(tmp_path / "corpus")
     fp = site_probes.write_domain_probe(corpus / "validation.jsonl", tmp_path / "probe")
@@ -82,7 +85,7 @@ def test_a_tampered_probe_file_is_refused(tmp_path):
 
 
 def test_schedule_follows_the_recipe():
-    from moe_lib.train import recipe_for
+    from moe_lib.training.train import recipe_for
 
     recipe = recipe_for("standard", "tiny")
     steps = site.schedule("standard-tiny")
@@ -198,7 +201,7 @@ def test_saturation_summary_ignores_the_final_checkpoint_for_the_threshold():
 
 
 def test_build_runs_the_parameters_setup_and_data_cells_of_a_chapter():
-    from moe_lib.commands.build import chapter_files, data_cells
+    from moe_lib.site.chapters import chapter_files, data_cells
 
     for path in chapter_files():
         sources = data_cells(path)
@@ -225,8 +228,9 @@ def test_a_checkpoint_of_another_recipe_is_not_traced_as_this_one(tmp_path, monk
     monkeypatch.setenv("MOE_LIB_MODELS", str(tmp_path / "models"))
     checkpoint = _untrained_checkpoint(tmp_path / "models", "standard-tiny")
     state = json.loads((checkpoint / "state.json").read_text())
-    from moe_lib import checkpoints
     from transformers import AutoModelForCausalLM
+
+    from moe_lib.models import checkpoints
 
     model = checkpoints.load_model(checkpoint, AutoModelForCausalLM)
     checkpoints.save(checkpoint.parent, state["step"], model, {}, {**state, "recipe_hash": "an-older-recipe"})
@@ -239,7 +243,7 @@ def test_analysis_version_covers_the_analysis_modules_a_site_table_calls():
     import inspect
 
     names = [m.__name__ for m in site._code_modules(inspect.getmodule(site_tables.meaning_flow_of))]
-    assert {"moe_lib.site_tables", "moe_lib.analysis.crosslayer", "moe_lib.analysis.common"} <= set(names)
+    assert {"moe_lib.site.tables", "moe_lib.analysis.crosslayer", "moe_lib.analysis.common"} <= set(names)
     assert site.analysis_version(site_tables.meaning_flow_of) != site.analysis_version(site_tables.targets)
 
 
@@ -254,11 +258,12 @@ def test_build_lists_the_tables_read_and_the_final_traces(workspace):
 
 def test_a_table_functions_code_version_covers_the_analysis_modules_it_imports_lazily():
     """site_tables imports route_clusters inside its functions: an edit there must make new tables."""
-    from moe_lib import site, site_tables
+    from moe_lib import site
+    from moe_lib.site import tables as site_tables
 
     names = {module.__name__ for module in site._code_modules(site_tables)}
     assert {"moe_lib.analysis.route_clusters", "moe_lib.analysis.paths"} <= names
-    assert "moe_lib.site" not in names and "moe_lib.train" not in names  # data fetching is not followed
+    assert "moe_lib.site" not in names and "moe_lib.training.train" not in names  # data fetching is not followed
 
 
 def test_a_pretrained_checkpoint_folder_runs_a_chapter_table_and_is_traced_once(tmp_path, monkeypatch):

@@ -1,14 +1,16 @@
 """The ablations chapter's data layer: summaries known by hand, the wide table, the pooled
 lens, and which cached runs the chapter shows."""
 
+import dataclasses
 import os
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from moe_lib import cache, site_ablations
-from moe_lib.analysis.ablation import Condition
+from moe_lib.core import cache
+from moe_lib.interventions.ablation import Condition
+from moe_lib.site import ablations as site_ablations
 
 CONDITIONS = [Condition(), Condition("all", "0"), Condition("all", "0", random_control=True),
               Condition("last:2", "all")]
@@ -82,12 +84,18 @@ def test_lens_by_layer_summarises_per_question_rows():
     assert pooled[(0, "ranked first")] == 0.5 and pooled[(1, "ranked first")] == 1.0
 
 
-def test_ablate_arguments_are_the_commands_with_zero_shots():
-    args = site_ablations.ablate_arguments("standard-default", "mmlu", n_questions=50)
-    assert (args.n_shots, args.n_questions, args.grid, args.seed) == (0, 50, "default", 0)
-    assert args.corpus.name == "validation.jsonl"
+def test_the_chapters_run_settings_are_the_commands_with_zero_shots():
+    from moe_lib.cli import build_parser
+    from moe_lib.commands.ablate import settings
+
+    chapter = site_ablations.run_settings("mmlu", n_questions=50)
+    command = settings(build_parser().parse_args(["ablate", "standard-default", "--benchmark", "mmlu",
+                                                  "--n-questions", "50"]))
+    assert (chapter.n_shots, command.n_shots) == (0, 5)
+    assert chapter.corpus.name == command.corpus.name == "validation.jsonl"
+    assert dataclasses.replace(chapter, n_shots=5, corpus=command.corpus) == command
     with pytest.raises(ValueError, match="n_question"):
-        site_ablations.ablate_arguments("standard-default", "mmlu", n_question=50)
+        site_ablations.run_settings("mmlu", n_question=50)
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Tests of the site tables of the paths and specialization chapters (moe_lib.site_tables),
+"""Tests of the site tables of the paths and specialization chapters (moe_lib.site.tables),
 on hand-built traces whose answers are known."""
 
 import numpy as np
@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 from helpers_traces import make_trace
 
-from moe_lib import site_tables
 from moe_lib.analysis import paths, specialization
+from moe_lib.site import tables as site_tables
 
 
 def contextual_trace(n_per_meaning: int = 40, seed: int = 0):
@@ -104,7 +104,7 @@ def test_group_purity_summary_weights_groups_by_size():
 
 
 def test_path_context_correlation_per_target_finds_routes_that_follow_the_context(monkeypatch):
-    import moe_lib.data.embeddings as embeddings
+    import moe_lib.site.embeddings as embeddings
 
     ds = contextual_trace()
     seen = []
@@ -156,7 +156,7 @@ def test_characteristic_summary_lists_tokens_in_rank_order():
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered in divide:RuntimeWarning")  # the constant routes
 def test_a_target_whose_occurrences_share_one_route_has_no_correlation_and_no_p_value(monkeypatch):
-    import moe_lib.data.embeddings as embeddings
+    import moe_lib.site.embeddings as embeddings
 
     ds = contextual_trace()
     ids = ds["expert_id"].values.copy()

@@ -9,7 +9,12 @@ from transformers import AutoTokenizer
 
 from moe_lib.data.baselines import _count, _token_nll, ney_discount, ngram_baselines
 from moe_lib.data.tokenizer import (
-    EOS_TOKEN, PAD_TOKEN, bytes_per_token, load_tokenizer, save_tokenizer, train_bpe,
+    EOS_TOKEN,
+    PAD_TOKEN,
+    bytes_per_token,
+    load_tokenizer,
+    save_tokenizer,
+    train_bpe,
 )
 
 SHIPPED = Path(__file__).resolve().parents[1] / "datasets" / "tokenizer"

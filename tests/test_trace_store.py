@@ -3,8 +3,14 @@
 import pytest
 import xarray as xr
 
-from moe_lib.trace_store import TraceStoreError, TraceWriter, is_trace_store, open_trace, partial_path
-from moe_lib.traces import collect_trace
+from moe_lib.core.trace_store import (
+    TraceStoreError,
+    TraceWriter,
+    is_trace_store,
+    open_trace,
+    partial_path,
+)
+from moe_lib.core.traces import collect_trace
 
 TEXTS = [f"text number {i}: the bank, the river, the key {i * 7}" for i in range(24)]
 

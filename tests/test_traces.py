@@ -5,9 +5,9 @@ import pytest
 import torch
 import xarray as xr
 
-from moe_lib.capture import capture
-from moe_lib.schema import check_trace
-from moe_lib.traces import collect_trace
+from moe_lib.core.capture import capture
+from moe_lib.core.schema import check_trace
+from moe_lib.core.traces import collect_trace
 
 AWKWARD = [
     "The bank of the river, and the bank on Main Street.",

@@ -15,10 +15,9 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.models.olmoe.modeling_olmoe import load_balancing_loss_func
 
-from moe_lib import checkpoints
 from moe_lib.data.tokenizer import save_tokenizer, train_bpe
-from moe_lib.models import cross_layer, standard
-from moe_lib.train import block_order, checkpoint_steps, learning_rate, train
+from moe_lib.models import checkpoints, cross_layer, standard
+from moe_lib.training.train import block_order, checkpoint_steps, learning_rate, train
 
 RECIPES = ["standard", "cross-layer"]
 
@@ -176,8 +175,8 @@ def test_truncated_checkpoint_is_named_and_never_loaded(data_dirs, tmp_path):
 
 
 def test_probe_trace_of_a_checkpoint_is_cached_with_its_identity(data_dirs, tmp_path, monkeypatch):
-    from moe_lib.probe_traces import trace_checkpoint
-    from moe_lib.schema import check_trace
+    from moe_lib.core.schema import check_trace
+    from moe_lib.training.probe_traces import trace_checkpoint
 
     monkeypatch.setenv("MOE_LIB_CACHE", str(tmp_path / "cache"))
     run_dir = _train("cross-layer", data_dirs, tmp_path / "run", stop_after=3)
@@ -197,7 +196,11 @@ def test_probe_trace_of_a_checkpoint_is_cached_with_its_identity(data_dirs, tmp_
 
 
 def test_baselines_are_scored_on_the_runs_own_eval_text(data_dirs, tmp_path):
-    from moe_lib.run_report import baselines_on_eval_text, expert_balance, final_comparison
+    from moe_lib.training.run_report import (
+        baselines_on_eval_text,
+        expert_balance,
+        final_comparison,
+    )
 
     run_dir = _train("standard", data_dirs, tmp_path / "run")
     baselines = baselines_on_eval_text(run_dir, *data_dirs)
@@ -231,7 +234,7 @@ def test_a_run_loads_by_its_folder_as_its_final_checkpoint_with_its_tokenizer(da
         load(str(run_dir), revision="step-999999")
 
     from moe_lib.cli import main
-    from moe_lib.trace_store import open_trace
+    from moe_lib.core.trace_store import open_trace
 
     (tmp_path / "texts.txt").write_text("def f(x):\n    return x\n")
     argv = ["trace", str(run_dir), "--texts", str(tmp_path / "texts.txt"), "--out", str(tmp_path / "t.zarr")]

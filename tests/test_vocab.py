@@ -4,7 +4,13 @@ from pathlib import Path
 
 import pytest
 
-from moe_lib.data.vocab import display_token, load_tokenizer, read_vocab_csv, vocab_table, write_vocab_csv
+from moe_lib.data.vocab import (
+    display_token,
+    load_tokenizer,
+    read_vocab_csv,
+    vocab_table,
+    write_vocab_csv,
+)
 
 REPO = Path(__file__).parents[1]
 TOKENIZER_DIR = REPO / "datasets" / "tokenizer"

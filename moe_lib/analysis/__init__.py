@@ -6,7 +6,7 @@
 - ``paths``: routes over windows of layers, path groups, coverage, meaning from paths.
 - ``route_clusters``: HDBSCAN clusters of routes against labels (adjusted mutual information).
 - ``specialization``: domain and vocabulary specialization, characteristic tokens, co-activation.
-- ``ablation``: scoring (answer letters, next-token loss) under expert ablations, the reusing grid.
-- ``lens``: the logit lens over every layer's residual stream, baseline and ablated.
-- ``ablation_runs``: the samples, grid and lens tables of one model, keyed and cached.
+
+Every function here reads traces and returns tables: none loads or runs a model (those
+analyses live in ``moe_lib.interventions``).
 """

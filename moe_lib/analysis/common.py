@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from moe_lib.schema import EXPERT_ID_FILL
+from moe_lib.core.schema import EXPERT_ID_FILL
 
 
 def expert_ids(ds: xr.Dataset, n_slots: int | None = None) -> np.ndarray:

@@ -1,7 +1,7 @@
 """How routing is distributed: weight by slot, expert load, router entropy, and how often
 consecutive tokens keep their experts (the measure of the Mixtral paper's routing section).
 
-All functions take a trace (see ``moe_lib.schema``) and return tidy DataFrames, one row per
+All functions take a trace (see ``moe_lib.core.schema``) and return tidy DataFrames, one row per
 layer (or per layer and slot / expert); ``layer`` holds the absolute layer index.
 """
 
@@ -18,7 +18,7 @@ from moe_lib.analysis.common import (
     next_in_sequence,
     set_overlap,
 )
-from moe_lib.schema import router_probs
+from moe_lib.core.schema import router_probs
 
 # Whiskers at 5 % and 95 %: with millions of tokens, min/max whiskers show only outliers.
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)

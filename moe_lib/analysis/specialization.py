@@ -11,7 +11,13 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from moe_lib.analysis.common import expert_ids, group_expert_counts, label_codes, layer_expert_counts, top1
+from moe_lib.analysis.common import (
+    expert_ids,
+    group_expert_counts,
+    label_codes,
+    layer_expert_counts,
+    top1,
+)
 
 
 def domain_expert_share(ds: xr.Dataset, label: str = "domain", n_slots: int | None = None) -> pd.DataFrame:

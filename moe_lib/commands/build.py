@@ -11,17 +11,12 @@ build computes exactly what the chapters will read, without rendering anything.
 from __future__ import annotations
 
 import argparse
-import re
 import time
 from pathlib import Path
 
 from moe_lib.models.registry import PROJECT_ROOT
 
 RECIPE_NAMES = ("standard", "cross-layer")
-CELL = re.compile(r"^```\{python\}[^\n]*\n(.*?)^```\s*$", re.S | re.M)
-INCLUDE = re.compile(r"\{\{<\s*include\s+(\S+)\s*>\}\}")
-LABEL = re.compile(r"^#\|\s*label:\s*(\S+)\s*$", re.M)
-TAGS = re.compile(r"^#\|\s*tags:\s*\[([^\]]*)\]", re.M)
 
 
 def add_command(subparsers) -> None:
@@ -47,53 +42,6 @@ def add_command(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def chapter_files() -> list[Path]:
-    """Return the site's pages whose data the build computes: index.qmd, then chapters/*.qmd."""
-    return [PROJECT_ROOT / "index.qmd", *sorted((PROJECT_ROOT / "chapters").glob("*.qmd"))]
-
-
-def expand_includes(text: str, path: Path) -> str:
-    """Return ``text`` with every ``{{< include >}}`` shortcode replaced by the file (recursively).
-
-    A path starting with ``/`` is relative to the project root, as in Quarto, otherwise
-    to ``path``'s folder.
-    """
-
-    def replace(match: re.Match) -> str:
-        target = match.group(1)
-        file = PROJECT_ROOT / target.lstrip("/") if target.startswith("/") else Path(path).parent / target
-        if not file.is_file():
-            raise FileNotFoundError(f"{path}: include {target!r} not found at {file}")
-        return expand_includes(file.read_text(encoding="utf-8"), file)
-
-    return INCLUDE.sub(replace, text)
-
-
-def data_cells(path: Path) -> list[str]:
-    """Return the sources of a chapter's cells that compute data, in order.
-
-    Those are the cell tagged ``parameters``, the ``setup`` cell (from the shared include)
-    and every cell labelled ``data``: the chapter pattern of ``chapters/README.md``.
-    """
-    chosen = []
-    for match in CELL.finditer(expand_includes(path.read_text(encoding="utf-8"), path)):
-        source = match.group(1)
-        label = LABEL.search(source)
-        tags = TAGS.search(source)
-        if (label and label.group(1) in ("setup", "data")) or (tags and "parameters" in tags.group(1)):
-            chosen.append(source)
-    return chosen
-
-
-def run_chapter_data(path: Path, parameters: dict) -> None:
-    """Execute a chapter's data cells in a fresh namespace, ``parameters`` overriding its own."""
-    namespace: dict = {"__name__": f"chapter_data_{path.stem}"}
-    for source in data_cells(path):
-        exec(compile(source, f"{path}:data", "exec"), namespace)  # noqa: S102  our own chapters
-        if re.search(r"tags:\s*\[[^\]]*parameters", source):
-            namespace.update(parameters)
-
-
 def _step(title: str) -> float:
     print(f"[build] {title}", flush=True)
     return time.perf_counter()
@@ -105,7 +53,8 @@ def _done(start: float) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from moe_lib import cli, site
-    from moe_lib.site_probes import write_domain_probe
+    from moe_lib.site.chapters import chapter_files, run_chapter_data
+    from moe_lib.site.probes import write_domain_probe
 
     corpus, tokenizer = PROJECT_ROOT / "datasets" / "corpus", PROJECT_ROOT / "datasets" / "tokenizer"
     models = [f"{recipe}-{args.preset}" for recipe in RECIPE_NAMES]
@@ -154,7 +103,8 @@ def site_stores(models: list[str]) -> list[str]:
     """Return the paths of the stores read so far in this process that a fresh clone needs:
     every analysis table and ablation run, and the final domains trace of each model (a base
     for new tables)."""
-    from moe_lib import cache, site
+    from moe_lib import site
+    from moe_lib.core import cache
 
     used = site.provenance()
     keep = set(used.loc[used["kind"].isin(["table", "ablation"]), "cache_key"])

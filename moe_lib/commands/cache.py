@@ -17,7 +17,7 @@ def add_command(subparsers) -> None:
 
 
 def run_ls(args: argparse.Namespace) -> int:
-    from moe_lib.cache import interrupted_writes, list_stores
+    from moe_lib.core.cache import interrupted_writes, list_stores
 
     stores = list_stores(args.dir)
     if args.json:

@@ -9,7 +9,6 @@ from pathlib import Path
 from moe_lib.data.corpus import SEED, build_corpus
 
 
-
 def add_command(subparsers) -> None:
     parser = subparsers.add_parser(
         "corpus",

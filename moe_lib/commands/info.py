@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
         for spec in REGISTRY.values():
             print(f"  {spec.name:20} {spec.source:48} {spec.family:15} {spec.n_layers}x{spec.n_experts} top-{spec.top_k}")
         return 0
-    from moe_lib.capture import RoutingCapture
+    from moe_lib.core.capture import RoutingCapture
     from moe_lib.models.registry import load
 
     model, _ = load(args.model, revision=args.revision)

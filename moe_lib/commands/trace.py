@@ -76,9 +76,9 @@ def add_command(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from moe_lib.core.trace_store import TraceStoreError, is_trace_store
+    from moe_lib.core.traces import choose_batch_size, collect_trace
     from moe_lib.models.registry import load
-    from moe_lib.trace_store import TraceStoreError, is_trace_store
-    from moe_lib.traces import choose_batch_size, collect_trace
 
     if args.out.exists():
         what = "a trace store" if is_trace_store(args.out) else "not a trace store"

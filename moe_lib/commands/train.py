@@ -36,13 +36,13 @@ def add_command(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from moe_lib.train import train
+    from moe_lib.training.train import train
 
     if args.threads:
         torch.set_num_threads(args.threads)
     on_checkpoint = None
     if not args.no_trace:
-        from moe_lib.probe_traces import trace_checkpoint
+        from moe_lib.training.probe_traces import trace_checkpoint
 
         def on_checkpoint(path, model, tokenizer, final):
             # The polysemantic samples are ~200k tokens: traced on the final model only here;

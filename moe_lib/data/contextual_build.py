@@ -38,12 +38,12 @@ from tokenizers import Tokenizer
 from tqdm import tqdm
 
 from moe_lib.data.contextual import find_target_spans, write_token_file
+from moe_lib.data.contextual_rules import PROSE_DOMAINS, RULES, Rule
 
 MIN_CHARS, MAX_CHARS = 20, 300
 # Samples come from text the models never trained on first: the validation split, then
 # documents the corpus left out past its byte caps; train only where those lack enough.
 SPLIT_ORDER = ("validation", "unused", "train")
-PROSE_DOMAINS = frozenset({"speech", "literary", "dictionary"})
 # A sentence ends at . ! or ? (maybe followed by a closing quote or bracket), before a
 # space and a capital letter or an opening quote.
 SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]?\s+(?=[\"'(]?[A-Z])")
@@ -59,29 +59,6 @@ class Snippet:
     source: str  # "<doc id>:line <n> [<split>]"
     split: str
     previous: str = ""  # the line before, for line snippets (what a C comment opened with)
-
-
-@dataclass(frozen=True)
-class Rule:
-    """How to recognise one meaning of a token in a snippet."""
-
-    label: str
-    description: str
-    kind: str  # "line", "sentence" or "any"
-    domains: frozenset
-    pattern: str
-    exclude: str | None = None
-    previous: str | None = None  # the line before the snippet must match this
-
-
-    def accepts(self, snippet: Snippet) -> bool:
-        if self.kind not in ("any", snippet.kind) or snippet.domain not in self.domains:
-            return False
-        if not re.search(self.pattern, snippet.text):
-            return False
-        if self.previous is not None and not re.search(self.previous, snippet.previous):
-            return False
-        return self.exclude is None or not re.search(self.exclude, snippet.text)
 
 
 def _line_snippets(doc: dict, split: str) -> list[Snippet]:
@@ -252,8 +229,6 @@ def build_all(
     With ``sources_dir``, documents that the corpus left out are candidates too.
     """
     from itertools import chain
-
-    from moe_lib.data.contextual_rules import RULES
 
     documents = corpus_documents(corpus_dir)
     if sources_dir is not None:

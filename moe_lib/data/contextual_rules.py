@@ -10,7 +10,37 @@ over recall, the corpus is large enough.
 
 from __future__ import annotations
 
-from moe_lib.data.contextual_build import PROSE_DOMAINS, Rule
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the builder imports this module: no import back at run time
+    from moe_lib.data.contextual_build import Snippet
+
+PROSE_DOMAINS = frozenset({"speech", "literary", "dictionary"})
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How to recognise one meaning of a token in a snippet."""
+
+    label: str
+    description: str
+    kind: str  # "line", "sentence" or "any"
+    domains: frozenset
+    pattern: str
+    exclude: str | None = None
+    previous: str | None = None  # the line before the snippet must match this
+
+    def accepts(self, snippet: Snippet) -> bool:
+        if self.kind not in ("any", snippet.kind) or snippet.domain not in self.domains:
+            return False
+        if not re.search(self.pattern, snippet.text):
+            return False
+        if self.previous is not None and not re.search(self.previous, snippet.previous):
+            return False
+        return self.exclude is None or not re.search(self.exclude, snippet.text)
+
 
 CODE = frozenset({"code"})
 TECH = frozenset({"technical"})

@@ -16,7 +16,12 @@ from pathlib import Path
 import pandas as pd
 from tokenizers import Tokenizer
 
-from moe_lib.data.contextual import ContextualFormatError, find_target_spans, read_token_file, token_files
+from moe_lib.data.contextual import (
+    ContextualFormatError,
+    find_target_spans,
+    read_token_file,
+    token_files,
+)
 
 MIN_MEANINGS = 3
 MIN_SAMPLES = 40

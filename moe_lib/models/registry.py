@@ -127,7 +127,7 @@ def run_checkpoint(run_dir: Path, revision: str | None = None) -> Path:
     final one; an unfinished run is refused rather than passed off as the trained model."""
     import json
 
-    from moe_lib import checkpoints
+    from moe_lib.models import checkpoints
 
     root = Path(run_dir) / "checkpoints"
     if revision is not None:
@@ -164,7 +164,7 @@ def list_revisions(name_or_id: str) -> list[str]:
     """
     from huggingface_hub import list_repo_refs
 
-    from moe_lib import checkpoints
+    from moe_lib.models import checkpoints
 
     spec = REGISTRY.get(name_or_id)
     path = PROJECT_ROOT / spec.source if spec and not _looks_like_hub_id(spec.source) else Path(name_or_id)
@@ -202,8 +202,9 @@ def load(
     device_map : "auto" spreads a model too big for one GPU over all of them (accelerate).
     trust_remote_code : only when the user asks for it; no registered model needs it.
     """
-    import moe_lib.models  # noqa: F401  (registers the project's own architectures)
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import moe_lib.models  # noqa: F401  (registers the project's own architectures)
 
     source, spec = resolve(name_or_path, revision)
     if not _looks_like_hub_id(source):

@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import torch
 
-from moe_lib.models.families import Family, n_experts, norm_topk_prob, routed_scaling, top_k
+from moe_lib.models.families import (
+    Family,
+    n_experts,
+    norm_topk_prob,
+    routed_scaling,
+    top_k,
+)
 
 
 def _group_mask(scores: torch.Tensor, n_group: int, topk_group: int, per_group) -> torch.Tensor:

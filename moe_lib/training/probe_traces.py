@@ -6,7 +6,7 @@ Two probes, both fixed for every checkpoint of every run so traces compare acros
 - ``contextual``: the polysemantic-token samples of ``datasets/contextual-tokens/``, with
   ``is_target`` marking the target token, when that folder exists.
 
-Each trace is cached by ``moe_lib.cache.cached_trace`` under the identity
+Each trace is cached by ``moe_lib.core.cache.cached_trace`` under the identity
 ``{model, recipe, preset, step, tokens_seen, recipe_hash, probe}``, so a checkpoint is
 traced once and a chapter reads the store without loading the model.
 """
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import xarray as xr
 
-from moe_lib import checkpoints
-from moe_lib.training_data import probe_set, read_documents
+from moe_lib.models import checkpoints
+from moe_lib.training.training_data import probe_set, read_documents
 
 MAX_LENGTH = 256  # tokens per probe text; documents are cut to this anyway
 PROBES = ("domains", "contextual")
@@ -39,7 +39,7 @@ def contextual_probe(directory: Path):
 
     None when ``directory`` does not exist (the samples are built by another command).
     """
-    from moe_lib.cache import fingerprint
+    from moe_lib.core.cache import fingerprint
     from moe_lib.data.contextual import load_contextual_tokens
 
     if not Path(directory).is_dir():
@@ -84,12 +84,12 @@ def trace_checkpoint(
     -------
     dict
         ``{"domains": trace, "contextual": trace}`` (the latter only when its samples
-        exist); traces follow moe_lib.schema, with ``router_logits``.
+        exist); traces follow moe_lib.core.schema, with ``router_logits``.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import moe_lib.models.cross_layer  # noqa: F401  registers moe_crosslayer with AutoModel
-    from moe_lib.cache import cached_trace
+    from moe_lib.core.cache import cached_trace
 
     state = checkpoints.verify(checkpoint_dir)
     if model is None:

@@ -4,7 +4,7 @@ Every store is ``<cache dir>/<name>-<key>.zarr``, where ``key`` hashes what the 
 made from (the ``identity``: model, data fingerprint, parameters) and the schema version.
 Its attrs repeat the key and the identity, so a store is used only when it says it was
 made from exactly what is asked for. Stores are written beside their final path and
-renamed into place when complete (see :mod:`moe_lib.trace_store`): a crash leaves at most
+renamed into place when complete (see :mod:`moe_lib.core.trace_store`): a crash leaves at most
 a ``.partial`` folder, which is resumed (traces) or discarded (tables), never read.
 """
 
@@ -21,8 +21,8 @@ import pandas as pd
 import xarray as xr
 import zarr
 
-from moe_lib.schema import SCHEMA_VERSION
-from moe_lib.trace_store import open_trace, partial_path
+from moe_lib.core.schema import SCHEMA_VERSION
+from moe_lib.core.trace_store import open_trace, partial_path
 
 ROW = "row"  # the one dim of a cached table
 
@@ -32,7 +32,7 @@ def cache_dir() -> Path:
     env = os.environ.get("MOE_LIB_CACHE")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parent.parent / "data-cache"
+    return Path(__file__).resolve().parents[2] / "data-cache"
 
 
 def _canonical(value) -> str:
@@ -104,7 +104,7 @@ def cached_trace(name: str, identity: dict, model, tokenizer, texts, *, labels=N
     step, dataset name); the texts' and labels' fingerprint and the collection parameters
     are added to it here. An interrupted collection resumes where it stopped.
     """
-    from moe_lib.traces import collect_trace
+    from moe_lib.core.traces import collect_trace
 
     texts = list(texts)
     identity = trace_identity(identity, texts, labels, collect_kwargs)

@@ -11,8 +11,8 @@ A chapter cell stays one line because everything it needs is here::
 
 Stores are found by identity, never by name alone: a trace's identity is computed from
 code and committed files only (recipe hash and checkpoint schedule from
-:mod:`moe_lib.train`, the probe texts from ``datasets/probe/`` and
-``datasets/contextual-tokens/``), exactly as :mod:`moe_lib.probe_traces` builds it during
+:mod:`moe_lib.training.train`, the probe texts from ``datasets/probe/`` and
+``datasets/contextual-tokens/``), exactly as :mod:`moe_lib.training.probe_traces` builds it during
 training, so a fresh clone without corpus or weights finds the committed stores, and a
 store made from other code or data has another key and is never served. A missing store
 is made: hub models are loaded (``MOE_LIB_DEVICE`` picks the device) and traced; the
@@ -35,12 +35,13 @@ from pathlib import Path
 import pandas as pd
 import xarray as xr
 
-from moe_lib import __version__, cache
+from moe_lib import __version__
+from moe_lib.core import cache
+from moe_lib.core.schema import SCHEMA_VERSION
+from moe_lib.core.trace_store import open_trace
 from moe_lib.models.registry import PROJECT_ROOT, REGISTRY
-from moe_lib.probe_traces import MAX_LENGTH, model_name
-from moe_lib.schema import SCHEMA_VERSION
-from moe_lib.site_probes import contextual_probe, domain_probe
-from moe_lib.trace_store import open_trace
+from moe_lib.site.probes import contextual_probe, domain_probe
+from moe_lib.training.probe_traces import MAX_LENGTH, model_name
 
 PROJECT_MODELS = ["standard-default", "cross-layer-default"]
 PROBES = ("domains", "contextual")
@@ -75,7 +76,7 @@ def own_recipe(model: str):
 
     ``"cross-layer-default"`` is the ``cross-layer`` recipe's ``default`` preset.
     """
-    from moe_lib.train import RECIPES, recipe_for
+    from moe_lib.training.train import RECIPES, recipe_for
 
     for recipe_name in RECIPES:
         preset = model[len(recipe_name) + 1:] if model.startswith(recipe_name + "-") else None
@@ -86,7 +87,7 @@ def own_recipe(model: str):
 
 def schedule(model: str) -> list[tuple[int, int]]:
     """Return the ``(step, tokens_seen)`` of every checkpoint a project model's run saves."""
-    from moe_lib.train import checkpoint_steps
+    from moe_lib.training.train import checkpoint_steps
 
     recipe_name, preset, recipe = _require_own(model)
     tokens_per_step = recipe.batch_size * recipe.seq_len
@@ -223,7 +224,7 @@ def _trace_hub(model: str, name, identity, collect, texts, labels) -> xr.Dataset
 def checkpoint_dir(model: str, step: int) -> Path:
     """Return the folder where a project model's run keeps its checkpoint of optimizer step
     ``step`` (under :func:`models_dir`), whether or not it exists."""
-    from moe_lib.checkpoints import step_dir
+    from moe_lib.models.checkpoints import step_dir
 
     return step_dir(models_dir() / model / "checkpoints", step)
 
@@ -232,7 +233,7 @@ def _trace_own(model: str, step: int, name, identity, collect, texts, labels) ->
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import moe_lib.models.cross_layer  # noqa: F401  registers moe_crosslayer with AutoModel
-    from moe_lib.checkpoints import load_model
+    from moe_lib.models.checkpoints import load_model
 
     path = checkpoint_dir(model, step)
     if not path.is_dir() and model.endswith("-tiny"):
@@ -260,7 +261,7 @@ def check_run(model: str, path: Path) -> None:
     """
     import json
 
-    from moe_lib.checkpoints import verify
+    from moe_lib.models.checkpoints import verify
 
     _, _, recipe = _require_own(model)
     state = verify(path) if (path / "manifest.json").exists() else json.loads((path / "run.json").read_text())
@@ -273,7 +274,7 @@ def check_run(model: str, path: Path) -> None:
 
 def train_tiny(model: str) -> Path:
     """Train a ``*-tiny`` test preset (seconds to a minute) and return its run directory."""
-    from moe_lib.train import train
+    from moe_lib.training.train import train
 
     recipe_name, preset, _ = _require_own(model)
     if preset != "tiny":

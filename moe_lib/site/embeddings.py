@@ -112,7 +112,7 @@ def cached_embeddings(texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
     and the fingerprint of the distinct texts (sorted, so their order does not matter),
     so any change of texts makes a new store.
     """
-    from moe_lib import cache
+    from moe_lib.core import cache
 
     texts = [str(t) for t in texts]
     distinct = sorted(set(texts))

@@ -18,7 +18,15 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from moe_lib.schema import EXPERT, EXPERT_ID_FILL, LAYER, PREDICTED_ID_DTYPE, SLOT, TOKEN, check_trace
+from moe_lib.core.schema import (
+    EXPERT,
+    EXPERT_ID_FILL,
+    LAYER,
+    PREDICTED_ID_DTYPE,
+    SLOT,
+    TOKEN,
+    check_trace,
+)
 
 # Attrs that legitimately differ between the start of a write and its resumption.
 _VOLATILE_ATTRS = {"created", "n_texts", "n_tokens"}

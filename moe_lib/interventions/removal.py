@@ -1,6 +1,6 @@
 """Remove routed experts from a model's real forward pass: by rank, by id, in chosen layers.
 
-:func:`ablate` is the intervening twin of :func:`moe_lib.capture.capture`. It hooks the same
+:func:`ablate` is the intervening twin of :func:`moe_lib.core.capture.capture`. It hooks the same
 module, the family's experts module, whose call ``experts(hidden_states, top_k_index,
 top_k_weights)`` is where every family multiplies each expert's output by its weight. A
 forward pre-hook hands the module rewritten weights: 0 for every removed (token, slot).
@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from moe_lib.capture import HookSet, experts_argument_names, find_moe_layers
+from moe_lib.core.capture import HookSet, experts_argument_names, find_moe_layers
 from moe_lib.models.families import family_of, n_experts, top_k
 
 
@@ -251,7 +251,7 @@ def ablate(
 
     ``with ablate(model, layers="last:4", slots=0): model(**batch)`` runs the model without
     each token's top-1 expert in its last four MoE layers. Hooks are removed on exit, also
-    on error; it nests with :func:`moe_lib.capture.capture` in either order, and capture then
+    on error; it nests with :func:`moe_lib.core.capture.capture` in either order, and capture then
     records the weights the layers really used (0 for removed routes).
 
     Parameters

@@ -17,10 +17,10 @@ import torch
 import xarray as xr
 from tqdm.auto import tqdm
 
-from moe_lib.capture import RoutingCapture
+from moe_lib.core.capture import RoutingCapture
+from moe_lib.core.schema import EXPERT, LAYER, SCHEMA_VERSION, SLOT, TOKEN, check_trace
+from moe_lib.core.trace_store import TraceWriter, open_trace
 from moe_lib.models.families import norm_topk_prob, routed_scaling
-from moe_lib.schema import EXPERT, LAYER, SCHEMA_VERSION, SLOT, TOKEN, check_trace
-from moe_lib.trace_store import TraceWriter, open_trace
 
 
 def token_strings(tokenizer, ids: np.ndarray, memo: dict[int, str]) -> np.ndarray:
@@ -45,7 +45,7 @@ def trace_attrs(model, router_logits: bool) -> dict:
     """Return the provenance attrs of a trace of ``model`` (JSON-native values only)."""
     import transformers
 
-    import moe_lib
+    from moe_lib import __version__
 
     cap = RoutingCapture(model, router_logits=router_logits)
     config = model.config
@@ -61,7 +61,7 @@ def trace_attrs(model, router_logits: bool) -> dict:
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
         "transformers_version": transformers.__version__,
         "torch_version": torch.__version__,
-        "moe_lib_version": moe_lib.__version__,
+        "moe_lib_version": __version__,
         "schema_version": SCHEMA_VERSION,
     }
 

@@ -1,6 +1,6 @@
 """What a finished training run shows: loss curves, final loss beside n-gram baselines, balance.
 
-Reads a run directory written by ``moe_lib.train`` (``metrics.csv``, ``expert-load.csv``,
+Reads a run directory written by ``moe_lib.training.train`` (``metrics.csv``, ``expert-load.csv``,
 ``data/train-tokens.npy``) and returns tidy tables; nothing here trains or plots.
 """
 
@@ -13,8 +13,8 @@ import pandas as pd
 from transformers import AutoTokenizer
 
 from moe_lib.data.baselines import ngram_baselines
-from moe_lib.train import recipe_for
-from moe_lib.training_data import eval_blocks, read_documents
+from moe_lib.training.train import recipe_for
+from moe_lib.training.training_data import eval_blocks, read_documents
 
 
 def _split_documents(stream: np.ndarray, eos: int) -> list[np.ndarray]:

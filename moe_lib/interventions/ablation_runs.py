@@ -4,8 +4,8 @@ What ``python -m moe_lib ablate`` writes and the ablations chapter reads, built 
 place so that both land in the same stores under the same keys:
 
 - :func:`mmlu_items` and :func:`heldout_items` pick the seeded sample;
-- :func:`grid_table` runs the grid of :mod:`moe_lib.analysis.ablation` on it, and
-  :func:`lens_table` the logit lens of :mod:`moe_lib.analysis.lens` under
+- :func:`grid_table` runs the grid of :mod:`moe_lib.interventions.ablation` on it, and
+  :func:`lens_table` the logit lens of :mod:`moe_lib.interventions.lens` under
   :func:`lens_conditions`;
 - :func:`run_identity` is what keys them, and :func:`cached_tables` reads them from the
   cache or computes and stores them.
@@ -16,6 +16,7 @@ place so that both land in the same stores under the same keys:
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import platform
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from moe_lib.analysis import ablation
-from moe_lib.analysis.lens import logit_lens, summarize_lens
+from moe_lib.interventions import ablation
+from moe_lib.interventions.lens import logit_lens, summarize_lens
 
 ABLATION_VERSION = 1  # bump when what the grid computes changes: it is part of every key
 BENCHMARKS = ("mmlu", "heldout")
@@ -88,6 +89,44 @@ def heldout_items(corpus: Path, *, n_docs: int = 60, seed: int = 0) -> tuple[lis
     return [d["text"] for d in picked], labels
 
 
+@dataclasses.dataclass
+class RunSettings:
+    """What a run is made of besides the model: the defaults of ``python -m moe_lib ablate``,
+    which builds its options from these fields, as the ablations chapter does."""
+
+    benchmark: str
+    grid: str = "default"  # "default" or "full": see ablation.grid_conditions
+    n_questions: int = 1000  # MMLU questions, a seeded sample
+    n_shots: int = 5  # solved dev questions before each MMLU question
+    split: str = "test"  # MMLU split
+    mmlu_source: str = "olmo"  # see moe_lib.data.mmlu
+    mmlu_root: Path | None = None
+    corpus: Path = Path("datasets/corpus/validation.jsonl")  # held-out .jsonl (id, domain, text)
+    n_docs: int = 60  # held-out texts per domain, seeded
+    max_length: int | None = None  # tokens per text; None: see max_length_for
+    batch_size: int = 8
+    seed: int = 0  # sample, random controls and bootstrap
+
+    def __post_init__(self):
+        _check_benchmark(self.benchmark)
+
+    def max_length_for(self, model) -> int:
+        """Return the tokens kept per text: ``max_length`` if set, else the model's positions
+        for MMLU (each prompt's end is kept) and 256 tokens of held-out text, within them."""
+        positions = int(model.config.max_position_embeddings)
+        if self.max_length is not None:
+            return self.max_length
+        return positions if self.benchmark == "mmlu" else min(256, positions)
+
+
+def sample(settings: RunSettings) -> tuple[list[str], dict]:
+    """Return the texts and labels of a run: a seeded MMLU sample or held-out texts."""
+    if settings.benchmark == "mmlu":
+        return mmlu_items(split=settings.split, n_questions=settings.n_questions, n_shots=settings.n_shots,
+                          seed=settings.seed, source=settings.mmlu_source, root=settings.mmlu_root)
+    return heldout_items(settings.corpus, n_docs=settings.n_docs, seed=settings.seed)
+
+
 # -- the tables ---------------------------------------------------------------------------
 def lens_conditions() -> list[ablation.Condition]:
     """Return the lens's conditions: baseline, top-1 removed in all layers, its random control."""
@@ -105,12 +144,12 @@ def grid_table(
 ) -> pd.DataFrame:
     """Return the grid's rows per item and condition, with the items' labels and ``model`` = ``name``.
 
-    ``benchmark="mmlu"``: rows of :func:`~moe_lib.analysis.ablation.score_multiple_choice`
+    ``benchmark="mmlu"``: rows of :func:`~moe_lib.interventions.ablation.score_multiple_choice`
     (``labels["answer"]`` are the answers); ``"heldout"``: rows of
-    :func:`~moe_lib.analysis.ablation.heldout_loss` (``max_length`` required). The other
+    :func:`~moe_lib.interventions.ablation.heldout_loss` (``max_length`` required). The other
     labels join on ``item`` (``id`` renamed ``doc_id``).
     """
-    from moe_lib.capture import find_moe_layers
+    from moe_lib.core.capture import find_moe_layers
     from moe_lib.models.families import family_of, top_k
 
     _check_benchmark(benchmark)
@@ -135,7 +174,7 @@ def lens_table(
 
     ``benchmark="mmlu"``: per question and layer, the answer letter's rank and probability
     among the letters, with ``subject`` and ``domain``; ``"heldout"``: per domain and layer,
-    the lens summary (:func:`~moe_lib.analysis.lens.summarize_lens`) of the next tokens.
+    the lens summary (:func:`~moe_lib.interventions.lens.summarize_lens`) of the next tokens.
     """
     _check_benchmark(benchmark)
     frames = []
@@ -162,7 +201,7 @@ def run_identity(
     """Return what keys a run's lens table (its grid table adds ``grid``): the model's
     identity (:func:`~moe_lib.models.registry.model_identity`), its dtype, the benchmark,
     the sample's fingerprint, the length limit, the seed and :data:`ABLATION_VERSION`."""
-    from moe_lib.cache import fingerprint
+    from moe_lib.core.cache import fingerprint
     from moe_lib.models.registry import model_identity
 
     return {
@@ -185,9 +224,9 @@ def cached_tables(
 
     Stores ``ablation-{benchmark}`` (keyed by :func:`run_identity` and ``grid``) and
     ``lens-{benchmark}`` (keyed by :func:`run_identity`); read them all back with
-    :func:`~moe_lib.analysis.ablation.cached_results`. Sets :func:`large_blocks_by_mmap` first.
+    :func:`~moe_lib.interventions.ablation.cached_results`. Sets :func:`large_blocks_by_mmap` first.
     """
-    from moe_lib.cache import cached_table
+    from moe_lib.core.cache import cached_table
 
     _check_benchmark(benchmark)
     large_blocks_by_mmap()

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from moe_lib.core.schema import EXPERT_ID_DTYPE
 from moe_lib.models.families import Family, family_of, n_experts, top_k
-from moe_lib.schema import EXPERT_ID_DTYPE
 
 
 class CaptureError(RuntimeError):

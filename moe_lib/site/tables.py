@@ -155,7 +155,7 @@ def parameter_counts(model: str) -> dict:
     from transformers import AutoTokenizer
 
     from moe_lib import site
-    from moe_lib.train import RECIPES
+    from moe_lib.training.train import RECIPES
 
     recipe_name, _, recipe = site.own_recipe(model) or (None, None, None)
     if recipe is None:
@@ -334,14 +334,14 @@ def path_context_by_target(ds: xr.Dataset, n_permutations: int = 200, seed: int 
     similarity over its occurrences (``route_clusters.path_context_correlation``).
 
     A context is the occurrence's whole sample, embedded by the all-MiniLM-L6-v2 sentence
-    encoder (:func:`moe_lib.data.embeddings.cached_embeddings`); routes are the top-1
+    encoder (:func:`moe_lib.site.embeddings.cached_embeddings`); routes are the top-1
     experts of every layer. One row per target: the columns of ``path_context_correlation``
     and ``target``. Where all of a target's occurrences take one route the correlation is
     undefined: ``spearman`` is NaN, and so is ``p_value`` (``path_context_correlation``
     would report the smallest p-value, since no shuffle beats a NaN).
     """
     from moe_lib.analysis import route_clusters
-    from moe_lib.data.embeddings import cached_embeddings
+    from moe_lib.site.embeddings import cached_embeddings
 
     ds = ds.load()  # the texts need every token of the samples, the tests only the targets
     occurrences = _target_rows(ds)

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from moe_lib.interventions import ablate
+from moe_lib.interventions.removal import ablate
 from moe_lib.models.families import family_of
 
 # Rows x vocabulary entries unembedded at once: bounds the float32 logits to about 1 GiB.
@@ -103,13 +103,13 @@ def lens_batch(
 
     Parameters
     ----------
-    batch : a batch of :func:`moe_lib.analysis.ablation.encode_batches` (``input_ids``,
+    batch : a batch of :func:`moe_lib.interventions.ablation.encode_batches` (``input_ids``,
         ``attention_mask``, ``lengths``, ``item``).
     answer_ids : per item (indexed by ``batch["item"]``), the correct token after the last
         position (the answer letter). None: every position's next token is its target.
     candidates : token ids competing with the answer (the four letters); adds
         ``candidate_rank``, the answer's rank among them (0 = the model would pick it).
-    ablation : keyword arguments of :func:`moe_lib.interventions.ablate` to run under.
+    ablation : keyword arguments of :func:`moe_lib.interventions.removal.ablate` to run under.
 
     Returns
     -------

@@ -2,7 +2,7 @@
 whose results are cached, run first for the project's own models when missing.
 
 The tables are those of ``python -m moe_lib ablate`` (:mod:`moe_lib.commands.ablate`), built
-by :mod:`moe_lib.analysis.ablation_runs` into the same stores under the same keys: a hub
+by :mod:`moe_lib.interventions.ablation_runs` into the same stores under the same keys: a hub
 model's run on a GPU and a project model's run here land side by side, and
 :func:`ablation_tables` reads them all. A project model whose final
 checkpoint is on disk is looked up by the key its weights give (so a retrained model is
@@ -15,18 +15,25 @@ intervals, each targeted condition beside its random control.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from plotnine import (
-    aes, geom_line, geom_point, geom_segment, geom_vline, ggplot, labs, position_nudge,
-    scale_colour_manual, scale_x_continuous,
+    aes,
+    geom_line,
+    geom_point,
+    geom_segment,
+    geom_vline,
+    ggplot,
+    labs,
+    position_nudge,
+    scale_colour_manual,
+    scale_x_continuous,
 )
 
-from moe_lib.analysis import ablation, ablation_runs
-from moe_lib.analysis.lens import summarize_lens
+from moe_lib.interventions import ablation, ablation_runs
+from moe_lib.interventions.lens import summarize_lens
 from moe_lib.plots import theme_moe
 
 BENCHMARKS = ablation_runs.BENCHMARKS
@@ -34,21 +41,19 @@ BENCHMARKS = ablation_runs.BENCHMARKS
 N_SHOTS = 0
 
 
-def ablate_arguments(model: str, benchmark: str, **options) -> argparse.Namespace:
-    """Return the arguments ``python -m moe_lib ablate MODEL --benchmark ...`` would get:
-    the command's defaults, zero-shot MMLU, the site's corpus, and ``options`` on top."""
-    from moe_lib import site
-    from moe_lib.commands import ablate
+def run_settings(benchmark: str, **options) -> ablation_runs.RunSettings:
+    """Return the settings of the chapter's run: those of ``python -m moe_lib ablate`` with
+    zero-shot MMLU and the site's corpus, and ``options`` on top."""
+    import dataclasses
 
-    parser = argparse.ArgumentParser()
-    ablate.add_command(parser.add_subparsers())
-    args = parser.parse_args(["ablate", model, "--benchmark", benchmark, "--n-shots", str(N_SHOTS),
-                              "--corpus", str(site.corpus_dir() / "validation.jsonl")])
-    for name, value in options.items():
-        if not hasattr(args, name):
-            raise ValueError(f"option {name!r}: not an argument of `python -m moe_lib ablate`")
-        setattr(args, name, value)
-    return args
+    from moe_lib import site
+
+    unknown = set(options) - {f.name for f in dataclasses.fields(ablation_runs.RunSettings)}
+    if unknown:
+        raise ValueError(f"option(s) {sorted(unknown)}: not settings of an ablation run "
+                         "(see moe_lib.interventions.ablation_runs.RunSettings)")
+    options = {"n_shots": N_SHOTS, "corpus": site.corpus_dir() / "validation.jsonl", **options}
+    return ablation_runs.RunSettings(benchmark, **options)
 
 
 def final_checkpoint(model: str):
@@ -70,14 +75,14 @@ def run_own(model: str, benchmark: str, **options) -> tuple[pd.DataFrame, pd.Dat
     """Return ``(grid rows, lens rows)`` of a project model from the cache, running the
     ``ablate`` command's grid and lens on its final checkpoint if missing; None without one.
 
-    Keys are those of the command (:func:`~moe_lib.analysis.ablation_runs.run_identity`):
+    Keys are those of the command (:func:`~moe_lib.interventions.ablation_runs.run_identity`):
     the model's name, the sha256 of its weights, the benchmark, the sample's fingerprint,
     its length limit, the seed and the grid.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import moe_lib.models.cross_layer  # noqa: F401  registers moe_crosslayer with AutoModel
-    from moe_lib.checkpoints import load_model
+    from moe_lib.models.checkpoints import load_model
     from moe_lib.models.registry import PROJECT_ROOT
 
     path = final_checkpoint(model)
@@ -85,33 +90,29 @@ def run_own(model: str, benchmark: str, **options) -> tuple[pd.DataFrame, pd.Dat
         return None
     loaded = load_model(path, AutoModelForCausalLM).eval()
     tokenizer = AutoTokenizer.from_pretrained(PROJECT_ROOT / "datasets" / "tokenizer")
-    args = ablate_arguments(model, benchmark, **options)
-    positions = int(loaded.config.max_position_embeddings)
-    # The command's lengths (the model's positions for MMLU, 256 tokens of text), within the positions.
-    args.max_length = args.max_length or (positions if benchmark == "mmlu" else min(256, positions))
-    texts, labels = _sample(args)
+    run = run_settings(benchmark, **options)
+    texts, labels = _sample(run)
     return ablation_runs.cached_tables(
-        loaded, tokenizer, texts, labels, name=model, benchmark=benchmark, max_length=args.max_length,
-        grid=args.grid, batch_size=args.batch_size, seed=args.seed,
+        loaded, tokenizer, texts, labels, name=model, benchmark=benchmark, max_length=run.max_length_for(loaded),
+        grid=run.grid, batch_size=run.batch_size, seed=run.seed,
     )
 
 
-def _sample(args) -> tuple[list[str], dict]:
+def _sample(run: ablation_runs.RunSettings) -> tuple[list[str], dict]:
     from moe_lib import site
-    from moe_lib.commands import ablate
 
     try:
-        return ablate.sample(args)
+        return ablation_runs.sample(run)
     except FileNotFoundError as error:
-        if args.benchmark == "heldout":
+        if run.benchmark == "heldout":
             raise
         raise site.MissingDataError(f"{error} (MMLU for the ablations chapter)") from error
 
 
 def latest_cached(name: str) -> pd.DataFrame:
-    """Return :func:`~moe_lib.analysis.ablation.cached_results` keeping, per model, only the
+    """Return :func:`~moe_lib.interventions.ablation.cached_results` keeping, per model, only the
     store written last (a model run twice, e.g. before and after retraining, shows once)."""
-    from moe_lib.cache import list_stores
+    from moe_lib.core.cache import list_stores
 
     results = ablation.cached_results(name)
     if results.empty:

@@ -1,6 +1,6 @@
 """The ablation grid: which experts, in which layers, a model needs, on MMLU or held-out text.
 
-A grid is a list of :class:`Condition` (each a set of :func:`moe_lib.interventions.ablate`
+A grid is a list of :class:`Condition` (each a set of :func:`moe_lib.interventions.removal.ablate`
 arguments), run batch by batch and scored per item: the answer letter's log-probability
 for multiple choice, next-token loss for text. Summaries add seeded bootstrap intervals,
 over items, and paired differences from the baseline.
@@ -26,9 +26,9 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from moe_lib.analysis.lens import base_model, decoder_layers, unembed
-from moe_lib.capture import find_moe_layers
-from moe_lib.interventions import ablate, select_layers
+from moe_lib.core.capture import find_moe_layers
+from moe_lib.interventions.lens import base_model, decoder_layers, unembed
+from moe_lib.interventions.removal import ablate, select_layers
 from moe_lib.models.families import family_of
 
 LETTERS = "ABCD"
@@ -458,13 +458,13 @@ def cached_results(name: str) -> pd.DataFrame:
 
     Each table carries its ``model`` column; a ``cache_key`` column tells runs apart (e.g.
     the same model on two grids). Empty (no columns) when nothing is cached. Reads the
-    cache folder of :func:`moe_lib.cache.cache_dir`.
+    cache folder of :func:`moe_lib.core.cache.cache_dir`.
     """
     import json
 
     import zarr
 
-    from moe_lib.cache import cached_table, list_stores
+    from moe_lib.core.cache import cached_table, list_stores
 
     stores = list_stores()
     frames = []

@@ -34,7 +34,7 @@ def write_domain_probe(validation_path: Path, directory: Path = PROBE_DIR) -> st
     The texts and labels are those of ``probe_traces.domain_probe(validation_path)``; the
     files are replaced atomically, and left untouched when already identical.
     """
-    from moe_lib.probe_traces import domain_probe as draw
+    from moe_lib.training.probe_traces import domain_probe as draw
 
     texts, labels, fp = draw(Path(validation_path))
     directory.mkdir(parents=True, exist_ok=True)
@@ -43,7 +43,7 @@ def write_domain_probe(validation_path: Path, directory: Path = PROBE_DIR) -> st
         for i, text in enumerate(texts)
     )
     meta = {"fingerprint": fp, "n_texts": len(texts), "drawn_from": "datasets/corpus/validation.jsonl",
-            "by": "moe_lib.probe_traces.domain_probe"}
+            "by": "moe_lib.training.probe_traces.domain_probe"}
     for name, content in (("domains.jsonl", records), ("domains.json", json.dumps(meta, indent=2) + "\n")):
         path = directory / name
         if path.exists() and path.read_text(encoding="utf-8") == content:
@@ -102,7 +102,7 @@ def contextual_probe(directory: Path = CONTEXTUAL_DIR):
 
 @functools.lru_cache(maxsize=4)
 def _read_contextual(directory: str, signature: tuple):
-    from moe_lib.probe_traces import contextual_probe as read
+    from moe_lib.training.probe_traces import contextual_probe as read
 
     return read(Path(directory))
 

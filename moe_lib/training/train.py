@@ -5,7 +5,7 @@ One run lives in one directory (``datasets/saved-models/<recipe>-<preset>/`` by 
     run.json                 recipe, preset, seed, recipe hash, data fingerprint
     data/train-tokens.npy    the training corpus, tokenized once
     data/order.npy           the seeded order of blocks, one row per optimizer step
-    checkpoints/step-XXXXXX/ model + optimizer/RNG/data position (see moe_lib.checkpoints)
+    checkpoints/step-XXXXXX/ model + optimizer/RNG/data position (see moe_lib.models.checkpoints)
     metrics.csv              validation loss per domain at each checkpoint
     expert-load.csv          expert load per layer at each checkpoint
 
@@ -31,12 +31,34 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
-from moe_lib import checkpoints
-from moe_lib.training_data import corpus_fingerprint, eval_blocks, read_documents, tokenize_documents
-from moe_lib.models import cross_layer, standard
+from moe_lib.models import checkpoints, cross_layer, standard
+from moe_lib.training.training_data import (
+    corpus_fingerprint,
+    eval_blocks,
+    read_documents,
+    tokenize_documents,
+)
 
 RECIPES = {standard.RECIPE: standard, cross_layer.RECIPE: cross_layer}
 MODEL_CLASSES = {standard.RECIPE: standard.OlmoeForCausalLM, cross_layer.RECIPE: cross_layer.CrossLayerForCausalLM}
+
+
+def environment() -> dict:
+    """Return what a run's bits depend on beyond recipe and seed: torch's thread count and
+    the versions of Python and the libraries. A run is bitwise reproducible only on the same
+    machine with the same threads and versions (reductions split over threads differently)."""
+    import platform
+
+    import transformers
+
+    from moe_lib import __version__
+
+    return {
+        "torch_threads": torch.get_num_threads(),
+        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                     "transformers": transformers.__version__, "numpy": np.__version__, "moe_lib": __version__},
+        "machine": platform.machine(),
+    }
 
 
 def recipe_for(recipe_name: str, preset: str, **overrides):
@@ -247,7 +269,7 @@ def train(
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     run_info = {
         "recipe": recipe_name, "preset": preset, "seed": seed, "recipe_hash": recipe.hash(),
-        "hyperparameters": asdict(recipe), "torch_threads": torch.get_num_threads(),
+        "hyperparameters": asdict(recipe), **environment(),
     }
     run_dir.mkdir(parents=True, exist_ok=True)
     if (run_dir / "run.json").exists():
@@ -306,7 +328,7 @@ def train(
             state = {
                 "step": step, "tokens_seen": step * tokens_per_step, "elapsed_s": elapsed, "seed": seed,
                 "recipe": recipe_name, "preset": preset, "recipe_hash": recipe.hash(),
-                "train_loss": float(np.mean(recent)),
+                "train_loss": float(np.mean(recent)), **environment(),
             }
             path = checkpoints.save(ckpt_root, step, model,
                                     {"optimizer": optimizer.state_dict(), "rng": _rng_state(), "step": step}, state,
