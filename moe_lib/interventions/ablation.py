@@ -39,17 +39,31 @@ BASELINE = "baseline"
 # -- conditions ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Condition:
-    """One cell of the grid: what to remove, or nothing (the baseline)."""
+    """One cell of the grid: what to remove, or nothing (the baseline).
+
+    ``experts`` removes experts by id: ``"3,5"`` in every layer of ``layers``, or
+    ``"1:3,5;2:0"`` per layer (build it with :meth:`removing`). ``reroute`` masks them in
+    the router instead of dropping their slots (see :mod:`moe_lib.interventions.removal`).
+    """
 
     layers: str | tuple[int, ...] = "all"
     slots: str | None = None  # "0", "1+", "all", ... (ranks, 0 = largest weight)
     renormalize: bool = False
     shared: bool = False
     random_control: bool = False
+    experts: str | None = None  # "3,5" or "1:3,5;2:0" (expert ids, per layer)
+    reroute: bool = False
+
+    @classmethod
+    def removing(cls, experts_by_layer: dict[int, Sequence[int]], **options) -> Condition:
+        """Return the condition removing ``{layer: expert ids}``; ``options`` as the fields."""
+        by_layer = {int(layer): sorted({int(e) for e in ids}) for layer, ids in sorted(experts_by_layer.items())}
+        spec = ";".join(f"{layer}:{','.join(map(str, ids))}" for layer, ids in by_layer.items())
+        return cls(layers=tuple(by_layer), experts=spec, **options)
 
     @property
     def is_baseline(self) -> bool:
-        return self.slots is None and not self.shared
+        return self.slots is None and self.experts is None and not self.shared
 
     @property
     def name(self) -> str:
@@ -57,20 +71,37 @@ class Condition:
         if self.is_baseline:
             return BASELINE
         layers = "layers " + (self.layers if isinstance(self.layers, str) else ",".join(map(str, self.layers)))
-        parts = [f"slots {self.slots}" if self.slots else "", "shared" if self.shared else "", layers]
-        parts += ["renorm" if self.renormalize else "", "random" if self.random_control else ""]
+        parts = [f"slots {self.slots}" if self.slots else "", f"experts {self.experts}" if self.experts else "",
+                 "shared" if self.shared else "", layers]
+        parts += ["renorm" if self.renormalize else "", "random" if self.random_control else "",
+                  "reroute" if self.reroute else ""]
         return " | ".join(p for p in parts if p)
+
+    def experts_by_layer(self) -> dict[int, list[int]] | list[int] | None:
+        """Return ``experts`` parsed: ``{layer: ids}`` for a per-layer spec, else a list of ids."""
+        if self.experts is None:
+            return None
+        if ":" not in self.experts:
+            return [int(e) for e in self.experts.split(",")]
+        by_layer = {}
+        for part in self.experts.split(";"):
+            layer, _, ids = part.partition(":")
+            by_layer[int(layer)] = [int(e) for e in ids.split(",") if e]
+        return by_layer
 
     def ablate_kwargs(self) -> dict:
         """Return the keyword arguments of :func:`ablate` for this condition."""
         slots = None if self.slots is None else (int(self.slots) if self.slots.isdigit() else self.slots)
-        return dict(
+        kwargs = dict(
             layers=list(self.layers) if not isinstance(self.layers, str) else self.layers,
             slots=slots,
             renormalize=self.renormalize,
             shared=self.shared,
             random_control=self.random_control,
         )
+        if self.experts is not None:  # only then: older callers of ablate need not know the new keywords
+            kwargs.update(experts=self.experts_by_layer(), reroute=self.reroute)
+        return kwargs
 
     def columns(self) -> dict:
         """Return the condition as table columns (``layers`` as text)."""
@@ -80,6 +111,7 @@ class Condition:
         elif not isinstance(self.layers, str):
             row["layers"] = ",".join(map(str, self.layers))
         row["slots"] = self.slots or ""
+        row["experts"] = self.experts or ""
         return row
 
 
@@ -407,7 +439,8 @@ def bootstrap_summary(
     """
     by = list(by)
     alpha = (1 - level) / 2
-    condition_columns = list(Condition().columns())
+    # tables cached before ``experts`` and ``reroute`` existed lack those columns
+    condition_columns = [c for c in Condition().columns() if c in results.columns]
     described = results[condition_columns].drop_duplicates("condition")
     frames = []
     for key, group in results.groupby(by, sort=True) if by else [((), results)]:

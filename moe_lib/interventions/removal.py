@@ -22,11 +22,23 @@ layers, but not the ones the condition picks:
   the other experts. The number of ids matches exactly; the number of routes removed
   matches only as far as the drawn experts are as loaded as the chosen ones, so
   :meth:`Ablation.stats` reports what was actually removed.
+
+Two ways to remove an expert by id:
+
+- drop its slot (the default): tokens whose top-k includes it lose that slot, and keep
+  their other k - 1 experts (with ``renormalize``, their weights rescaled). The router
+  itself is untouched: this measures what the expert contributes where it was chosen.
+- mask and re-route (``reroute=True``): the removed experts' router logits are set to
+  -inf before the family's scoring rule picks the top k (:func:`moe_lib.models.scoring.select_experts`),
+  so each token gets k experts among those left, weighted as the router would weight
+  them. This is what a pruned checkpoint computes (its router has no row for them), and
+  it is defined only for the rules where a masked logit can never be chosen: softmax then
+  top-k, and top-k then softmax (:data:`REROUTE_RULES`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -34,6 +46,12 @@ import torch
 
 from moe_lib.core.capture import HookSet, experts_argument_names, find_moe_layers
 from moe_lib.models.families import family_of, n_experts, top_k
+from moe_lib.models.scoring import select_experts
+
+# Scoring rules under which a logit of -inf is never among the k chosen (given k experts
+# are left): softmax gives it probability 0 and the top-k of raw logits never reaches it.
+# A sigmoid with a correction bias would still choose it by its bias alone.
+REROUTE_RULES = ("softmax_topk", "topk_softmax")
 
 
 def select_layers(spec: str | Sequence[int], moe_layers: Sequence[int]) -> list[int]:
@@ -92,11 +110,12 @@ class Ablation(HookSet):
         model: torch.nn.Module,
         layers: str | Sequence[int] = "all",
         slots: int | str | Sequence[int] | None = None,
-        experts: Sequence[int] | None = None,
+        experts: Sequence[int] | Mapping[int, Sequence[int]] | None = None,
         renormalize: bool = False,
         shared: bool = False,
         random_control: bool = False,
         seed: int = 0,
+        reroute: bool = False,
     ):
         super().__init__()
         self.model = model
@@ -104,7 +123,16 @@ class Ablation(HookSet):
         self.top_k = top_k(model.config)
         self.n_experts = n_experts(model.config)
         self.moe_layers = find_moe_layers(model, self.family)
-        self.layers = select_layers(layers, self.moe_layers)
+        if isinstance(experts, Mapping):
+            # per-layer ids: the mapping names the layers (``layers`` must agree if not "all")
+            by_layer = {int(layer): sorted({int(e) for e in ids}) for layer, ids in experts.items()}
+            self.layers = select_layers(sorted(by_layer), self.moe_layers)
+            if layers != "all" and select_layers(layers, self.moe_layers) != self.layers:
+                raise ValueError(f"layers={layers!r} differ from the layers of experts={dict(experts)!r}")
+            experts = sorted({e for ids in by_layer.values() for e in ids})
+        else:
+            self.layers = select_layers(layers, self.moe_layers)
+            by_layer = None if experts is None else {layer: sorted({int(e) for e in experts}) for layer in self.layers}
         if slots is not None and experts is not None:
             raise ValueError("give slots or experts, not both")
         if slots is None and experts is None and not shared:
@@ -113,15 +141,36 @@ class Ablation(HookSet):
             raise ValueError(f"shared=True: family {self.family.model_type} has no shared experts")
         self.slots = None if slots is None else select_slots(slots, self.top_k)
         self.experts = None if experts is None else sorted({int(e) for e in experts})
+        self.experts_by_layer = by_layer
         if self.experts is not None and not all(0 <= e < self.n_experts for e in self.experts):
             raise ValueError(f"experts={list(experts)!r}: ids must lie in 0..{self.n_experts - 1}")
+        if reroute:
+            self._check_reroute(renormalize, random_control)
+        self.reroute = reroute
         self.renormalize = renormalize
         self.shared = shared
         self.random_control = random_control
         self.seed = seed
         self._stats: dict[int, dict[str, torch.Tensor | int]] = {}
         self._generators: dict[int, torch.Generator] = {}
+        self._router_logits: dict[int, torch.Tensor] = {}
         self.control_experts: dict[int, list[int]] = {}
+
+    def _check_reroute(self, renormalize: bool, random_control: bool) -> None:
+        if self.experts_by_layer is None:
+            raise ValueError("reroute=True: give the experts to mask (by id), not slots")
+        if renormalize:
+            raise ValueError("reroute=True: the scoring rule weights the re-routed experts; renormalize must be False")
+        if random_control:
+            raise ValueError("reroute=True: no random control; draw the random experts yourself")
+        if self.family.scoring not in REROUTE_RULES:
+            raise ValueError(
+                f"reroute=True: family {self.family.model_type} scores by {self.family.scoring!r}, under which a "
+                f"masked expert can still be chosen; re-routing is defined for {REROUTE_RULES}"
+            )
+        crowded = {layer: ids for layer, ids in self.experts_by_layer.items() if self.n_experts - len(ids) < self.top_k}
+        if crowded:
+            raise ValueError(f"reroute=True: layers {sorted(crowded)} would keep fewer than top_k={self.top_k} experts")
 
     # -- which (token, slot) pairs go -------------------------------------------------------
     def _generator(self, layer: int) -> torch.Generator:
@@ -132,18 +181,19 @@ class Ablation(HookSet):
         return self._generators[layer]
 
     def _draw_control_experts(self) -> None:
-        others = [e for e in range(self.n_experts) if e not in self.experts]
-        if len(others) < len(self.experts):
-            raise ValueError(f"random control: {len(self.experts)} experts to match, only {len(others)} others")
         for layer in self.layers:
-            picked = torch.randperm(len(others), generator=self._generator(layer))[: len(self.experts)]
+            chosen = self.experts_by_layer[layer]
+            others = [e for e in range(self.n_experts) if e not in chosen]
+            if len(others) < len(chosen):
+                raise ValueError(f"random control: {len(chosen)} experts to match, only {len(others)} others")
+            picked = torch.randperm(len(others), generator=self._generator(layer))[: len(chosen)]
             self.control_experts[layer] = sorted(others[int(i)] for i in picked)
 
     def removed(self, layer: int, ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """Return the bool (token, slot) mask of the routes this ablation removes in ``layer``."""
         if self.experts is not None:
-            chosen = self.control_experts[layer] if self.random_control else self.experts
-            return torch.isin(ids, torch.tensor(chosen, device=ids.device))
+            chosen = self.control_experts[layer] if self.random_control else self.experts_by_layer[layer]
+            return torch.isin(ids, torch.tensor(chosen, dtype=ids.dtype, device=ids.device))
         if self.slots is None:
             return torch.zeros_like(ids, dtype=torch.bool)
         if self.random_control:
@@ -176,13 +226,42 @@ class Ablation(HookSet):
         return kept
 
     # -- hooks -------------------------------------------------------------------------------
+    def _rerouted(self, layer: int, ids: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the ids and weights the family's rule picks once this layer's experts are masked."""
+        logits = self._router_logits.pop(layer).reshape(ids.shape[0], self.n_experts)
+        masked = logits.float().index_fill(-1, torch.tensor(self.experts_by_layer[layer], device=logits.device),
+                                           float("-inf"))
+        new_ids, new_weights = select_experts(masked, self.family, self.model.config)
+        stats = self._stats.setdefault(layer, {"n_calls": 0, "n_tokens": 0})
+        stats["n_calls"] += 1
+        stats["n_tokens"] += ids.shape[0]
+        removed = torch.isin(ids, torch.tensor(self.experts_by_layer[layer], dtype=ids.dtype, device=ids.device))
+        for name, value in (
+            ("n_removed", removed.sum()),
+            ("removed_weight", weights.float().masked_fill(~removed, 0).sum()),
+            ("weight_before", weights.float().sum()),
+            ("weight_after", new_weights.sum()),
+        ):
+            stats[name] = stats.get(name, 0) + value
+        return new_ids.to(ids.dtype), new_weights.to(weights.dtype)
+
+    def _on_router(self, layer: int):
+        def hook(module, args, output):
+            self._router_logits[layer] = (output[0] if isinstance(output, tuple) else output).detach()
+
+        return hook
+
     def _on_experts(self, layer: int, names: list[str]):
         def hook(module, args, kwargs):
             bound = dict(zip(names, args)) | kwargs
-            new = self._new_weights(layer, bound[names[1]], bound[names[2]])
-            if len(args) > 2:  # weights passed by position, as every family does today
-                return (*args[:2], new, *args[3:]), kwargs
-            return args, {**kwargs, names[2]: new}
+            ids, weights = bound[names[1]], bound[names[2]]
+            if self.reroute:
+                ids, new = self._rerouted(layer, ids, weights)
+            else:
+                new = self._new_weights(layer, ids, weights)
+            if len(args) > 2:  # ids and weights passed by position, as every family does today
+                return (args[0], ids, new, *args[3:]), kwargs
+            return args[:1], {**kwargs, **dict(zip(names[1:], args[1:])), names[1]: ids, names[2]: new}
 
         return hook
 
@@ -195,8 +274,12 @@ class Ablation(HookSet):
         self._generators.clear()
         if self.experts is not None and self.random_control:
             self._draw_control_experts()
+        self._router_logits.clear()
         get = self.model.get_submodule
         for layer in self.layers:
+            if self.reroute:
+                router = get(self.family.router.format(layer=layer))
+                self._handles.append(router.register_forward_hook(self._on_router(layer)))
             if self.slots is not None or self.experts is not None:
                 experts = get(self.family.experts.format(layer=layer))
                 # prepend: any capture hook on the same module then records the weights
@@ -241,11 +324,12 @@ def ablate(
     model: torch.nn.Module,
     layers: str | Sequence[int] = "all",
     slots: int | str | Sequence[int] | None = None,
-    experts: Sequence[int] | None = None,
+    experts: Sequence[int] | Mapping[int, Sequence[int]] | None = None,
     renormalize: bool = False,
     shared: bool = False,
     random_control: bool = False,
     seed: int = 0,
+    reroute: bool = False,
 ) -> Ablation:
     """Return a context manager under which ``model`` runs with some routed experts removed.
 
@@ -261,12 +345,17 @@ def ablate(
         of absolute MoE-layer indices.
     slots : ranks to remove, 0 = the largest weight: an int, a list, ``"N+"`` (rank N and
         below) or ``"all"``.
-    experts : expert ids to remove wherever they are routed to (instead of ``slots``).
+    experts : expert ids to remove wherever they are routed to (instead of ``slots``): one
+        list for every layer of ``layers``, or a mapping ``{layer: ids}`` (its keys are then
+        the layers).
     renormalize : rescale each token's remaining weights so they sum to the sum of all k
         original weights (a token with none left keeps none).
     shared : also zero the output of the layer's shared expert(s) (Qwen2-MoE, DeepSeek, ...);
         alone, it removes only the shared experts.
     random_control : remove as many experts, chosen at random (see the module docstring).
     seed : seeds the random control, one stream per layer.
+    reroute : with ``experts``, mask the removed experts' router logits and let the family's
+        rule pick k among the others (what a pruned checkpoint does) instead of dropping
+        their slots; see the module docstring.
     """
-    return Ablation(model, layers, slots, experts, renormalize, shared, random_control, seed)
+    return Ablation(model, layers, slots, experts, renormalize, shared, random_control, seed, reroute)
