@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "moe_lib.commands.vocab",
     "moe_lib.commands.train",
     "moe_lib.commands.ablate",
+    "moe_lib.commands.preflight",
     "moe_lib.commands.build",
     "moe_lib.commands.importance",
     "moe_lib.commands.prune",

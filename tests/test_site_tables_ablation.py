@@ -100,26 +100,37 @@ def test_the_chapters_run_settings_are_the_commands_with_zero_shots():
 
 @pytest.fixture
 def clone(tmp_path, monkeypatch):
-    """A cache and an empty models folder: no checkpoint, as in a fresh clone."""
-    monkeypatch.setenv("MOE_LIB_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("MOE_LIB_MODELS", str(tmp_path / "models"))
+    """A cache, an empty models folder (no checkpoint, as in a fresh clone) and the committed
+    run records of standard-default and standard-tiny (final weights "aaaa" and "cccc")."""
+    from moe_lib import site
+    from moe_lib.training.run_record import write_record
+
+    for name in ("CACHE", "MODELS", "RUNS"):
+        monkeypatch.setenv(f"MOE_LIB_{name}", str(tmp_path / name.lower()))
+    for model, weights in (("standard-default", "aaaa"), ("standard-tiny", "cccc")):
+        final = site.schedule(model)[-1]
+        write_record({"model": model, "recipe": "standard", "preset": model.split("-")[1], "seed": 0,
+                      "recipe_hash": "x", "checkpoints": [{"step": final[0], "tokens_seen": final[1],
+                                                           "weights_sha256": weights}]})
     return tmp_path
 
 
-def store(model: str, run: int) -> None:
-    """Cache a grid and a lens of ``model``, written at time ``run`` (seconds)."""
+def store(model: str, run: int, weights: str | None = None) -> None:
+    """Cache a grid and a lens of ``model`` (made from ``weights``), written at time ``run`` (seconds)."""
+    identity = {"model": model, "run": run, **({"weights_sha256": weights} if weights else {})}
     rows = heldout_rows(NLL, model=model).assign(run=run)
-    cache.cached_table("ablation-heldout", {"model": model, "run": run}, lambda: rows.assign(model=model))
-    os.utime(cache.store_path("ablation-heldout", {"model": model, "run": run}), (run, run))
+    cache.cached_table("ablation-heldout", identity, lambda: rows.assign(model=model))
+    os.utime(cache.store_path("ablation-heldout", identity), (run, run))
     lens = pd.DataFrame({"domain": "code", "layer": [0], "n": [1], "prob": [0.5], "top1": [1.0],
                          "condition": "baseline", "random_control": False, "model": model, "run": run})
-    cache.cached_table("lens-heldout", {"model": model, "run": run}, lambda: lens)
+    cache.cached_table("lens-heldout", identity, lambda: lens)
 
 
 def test_ablation_tables_shows_every_cached_model_once_and_no_tiny_one_unasked(clone, monkeypatch):
-    store("standard-default", 1)
+    store("standard-default", 1, weights="aaaa")
+    store("standard-default", 3, weights="bbbb")  # newer, but other weights than the committed run (#17)
     store("org/hub-moe", 1)
-    store("standard-tiny", 1)
+    store("standard-tiny", 1, weights="cccc")
     store("org/hub-moe", 2)  # written last: the run shown
     grid, lens = site_ablations.ablation_tables("heldout", ["standard-default"])
     assert list(grid["model"].cat.categories) == ["standard-default", "org/hub-moe"]

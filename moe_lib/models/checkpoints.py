@@ -11,6 +11,8 @@ which is ignored; a file truncated or altered afterwards no longer matches the m
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 import shutil
@@ -141,3 +143,27 @@ def load_model(path: Path, model_class):
     """Return the model of a checkpoint in float32, after verifying every file."""
     verify(path)
     return model_class.from_pretrained(path, dtype=torch.float32)
+
+
+def weights_sha256(folder: Path) -> str:
+    """Return the identity of a saved model's weights: the first 16 hex digits of the sha256
+    over the bytes of its ``*.safetensors`` files, in name order.
+
+    This is the one identity of a local model in every cache key (traces, tables, ablation
+    runs): a retrained model whose weights differ by one bit gets keys of its own.
+    """
+    files = sorted(Path(folder).glob("*.safetensors"))
+    if not files:
+        raise CorruptCheckpointError(f"{folder}: no *.safetensors weights to identify the model by")
+    return _sha256_of_files(tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+
+
+@functools.lru_cache(maxsize=256)
+def _sha256_of_files(files: tuple) -> str:
+    # Keyed by (path, size, mtime): the site asks for the same checkpoints over and over.
+    digest = hashlib.sha256()
+    for path, _, _ in files:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]

@@ -249,24 +249,14 @@ def model_identity(model, name: str | None = None, revision: str | None = None) 
         "family": config.model_type,
         "revision": revision or getattr(config, "_commit_hash", None),
     }
+    from moe_lib.models.checkpoints import weights_sha256
+
     source = Path(str(getattr(config, "_name_or_path", "")))
-    weights = sorted(source.glob("*.safetensors")) if source.is_dir() else []
-    if weights:  # local checkpoint: the bytes of its weights are its identity
-        identity["weights_sha256"] = _sha256_files(weights)
+    if source.is_dir() and any(source.glob("*.safetensors")):  # local: the bytes of its weights
+        identity["weights_sha256"] = weights_sha256(source)
     elif identity["revision"] is None:  # an in-memory model: hash its parameters
         identity["weights_sha256"] = _sha256_parameters(model)
     return identity
-
-
-def _sha256_files(paths) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    for path in paths:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()[:16]
 
 
 def _sha256_parameters(model) -> str:

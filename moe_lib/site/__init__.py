@@ -9,15 +9,16 @@ A chapter cell stays one line because everything it needs is here::
     site.table("load", ds, distribution.load_balance)   # an analysis, cached by its inputs
     site.provenance()                        # the cache keys and versions used so far
 
-Stores are found by identity, never by name alone: a trace's identity is computed from
-code and committed files only (recipe hash and checkpoint schedule from
-:mod:`moe_lib.training.train`, the probe texts from ``datasets/probe/`` and
-``datasets/contextual-tokens/``), exactly as :mod:`moe_lib.training.probe_traces` builds it during
-training, so a fresh clone without corpus or weights finds the committed stores, and a
-store made from other code or data has another key and is never served. A missing store
-is made: hub models are loaded (``MOE_LIB_DEVICE`` picks the device) and traced; the
-project's own models are traced from saved checkpoints, the ``*-tiny`` test presets
-trained first if need be; otherwise the error says to run ``python -m moe_lib build``.
+Stores are found by identity, never by name alone. A model's identity is the sha256 of its
+weights for a local checkpoint (:func:`moe_lib.models.checkpoints.weights_sha256`), and its
+hub id and revision for a hub model. For the project's own runs the weights' hashes come
+from the run folder when it is on disk, and otherwise from the run's committed record
+(``datasets/runs/<model>.json``, :mod:`moe_lib.training.run_record`): a fresh clone
+without weights finds the committed stores, and a retrained run whose weights differ gets
+traces and tables of its own, never the committed ones. A missing store is made: hub
+models are loaded (``MOE_LIB_DEVICE`` picks the device) and traced; the project's own
+models are traced from saved checkpoints, the ``*-tiny`` test presets trained first if
+need be; otherwise the error says to run ``python -m moe_lib build --from-scratch``.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ from moe_lib.core.schema import SCHEMA_VERSION
 from moe_lib.core.trace_store import open_trace
 from moe_lib.models.registry import PROJECT_ROOT, REGISTRY
 from moe_lib.site.probes import contextual_probe, domain_probe
-from moe_lib.training.probe_traces import MAX_LENGTH, model_name
+from moe_lib.training.probe_traces import MAX_LENGTH, checkpoint_request, describe_checkpoint
+from moe_lib.training.run_record import checkpoint_of, committed_record
 
 PROJECT_MODELS = ["standard-default", "cross-layer-default"]
 PROBES = ("domains", "contextual")
@@ -71,18 +73,30 @@ def corpus_dir() -> Path:
     return Path(os.environ.get("MOE_LIB_CORPUS") or PROJECT_ROOT / "datasets" / "corpus")
 
 
-def own_recipe(model: str):
-    """Return ``(recipe name, preset name, recipe)`` of a project model name, or None.
+def own_run(model: str):
+    """Return ``(recipe name, preset name, seed, recipe)`` of a project model name, or None.
 
-    ``"cross-layer-default"`` is the ``cross-layer`` recipe's ``default`` preset.
+    ``"cross-layer-default"`` is the ``cross-layer`` recipe's ``default`` preset, seed 0;
+    ``"standard-default-seed2"`` the ``standard`` recipe's, seed 2.
     """
     from moe_lib.training.train import RECIPES, recipe_for
 
+    base, _, seed = model.rpartition("-seed")
+    if base and seed.isdigit() and int(seed) > 0:
+        model, seed = base, int(seed)
+    else:
+        seed = 0
     for recipe_name in RECIPES:
         preset = model[len(recipe_name) + 1:] if model.startswith(recipe_name + "-") else None
         if preset and preset in RECIPES[recipe_name].PRESETS:
-            return recipe_name, preset, recipe_for(recipe_name, preset)
+            return recipe_name, preset, seed, recipe_for(recipe_name, preset)
     return None
+
+
+def own_recipe(model: str):
+    """Return ``(recipe name, preset name, recipe)`` of a project model name, or None."""
+    found = own_run(model)
+    return None if found is None else (found[0], found[1], found[3])
 
 
 def schedule(model: str) -> list[tuple[int, int]]:
@@ -113,15 +127,56 @@ def _probe(probe: str):
 
 
 def _own_request(model: str, probe: str, step: int, tokens_seen: int):
-    """Return ``(store name, base identity, collect kwargs, texts, labels)`` of a checkpoint's
-    probe trace, built as ``probe_traces.trace_checkpoint`` builds it."""
-    recipe_name, preset, recipe = _require_own(model)
+    """Return ``(store name, identity, collect kwargs, texts, labels)`` of a checkpoint's
+    probe trace, built by :func:`~moe_lib.training.probe_traces.checkpoint_request` as
+    training builds it."""
     texts, labels, extra, probe_fp = _probe(probe)
-    base = {"model": model_name(recipe_name, preset), "recipe": recipe_name, "preset": preset, "step": step,
-            "tokens_seen": tokens_seen, "recipe_hash": recipe.hash()}
-    attrs = {**base, "checkpoint_step": step, "dataset": f"probe-{probe}"}
-    collect = {**extra, "max_length": MAX_LENGTH, "router_logits": True, "predictions": True, "attrs": attrs}
-    return f"probe-{probe}-{base['model']}", {**base, "probe": probe_fp}, collect, texts, labels
+    checkpoint = checkpoint_info(model, step)
+    name, identity, collect = checkpoint_request(checkpoint, probe, probe_fp, **extra)
+    return name, identity, collect, texts, labels
+
+
+_described: dict = {}  # checkpoint folder -> (manifest mtime, description): verified once
+
+
+def checkpoint_info(model: str, step: int, train: bool = True) -> dict:
+    """Return what identifies checkpoint ``step`` of a project model: model, recipe, preset,
+    seed, recipe hash, step, tokens seen and the sha256 of its weights.
+
+    From the run folder when it is on disk (the user's own run, trained or retrained here;
+    a ``*-tiny`` preset is trained first if missing and ``train``), else from the run's
+    committed record.
+    """
+    run = models_dir() / model
+    on_disk = (run / "run.json").is_file() or (run / "checkpoints").is_dir()
+    record = None if on_disk else committed_record(model)
+    if not on_disk and record is None and model.endswith("-tiny") and train:
+        train_tiny(model)
+        on_disk = True
+    if on_disk:
+        path = checkpoint_dir(model, step)
+        if not path.is_dir():
+            raise MissingDataError(f"model {model!r}: {run} has no checkpoint at step {step} (is its training "
+                                   "finished?); run `python -m moe_lib build --from-scratch` to finish it")
+        manifest = path / "manifest.json"
+        stamp = manifest.stat().st_mtime_ns if manifest.exists() else None
+        if _described.get(path, (None,))[0] != stamp or stamp is None:
+            check_run(model, path)
+            _described[path] = (stamp, describe_checkpoint(path))
+        return _described[path][1]
+    found = checkpoint_of(record, step) if record else None
+    if found is None:
+        raise MissingDataError(
+            f"model {model!r}: no run folder at {run} and no committed record of step {step} in "
+            f"datasets/runs/{model}.json; run `python -m moe_lib build --from-scratch` to train it")
+    return found
+
+
+def weights_sha256(model: str, train: bool = True) -> str:
+    """Return the sha256 of a project model's final weights (run folder, else committed
+    record; a missing ``*-tiny`` run is trained first if ``train``)."""
+    final = max(step for step, _ in schedule(model))
+    return checkpoint_info(model, final, train=train)["weights_sha256"]
 
 
 def _hub_request(model: str, probe: str):
@@ -236,15 +291,12 @@ def _trace_own(model: str, step: int, name, identity, collect, texts, labels) ->
     from moe_lib.models.checkpoints import load_model
 
     path = checkpoint_dir(model, step)
-    if not path.is_dir() and model.endswith("-tiny"):
-        train_tiny(model)
     if not path.is_dir():
         raise MissingDataError(
-            f"model {model!r}: no cached trace of probe {collect['attrs']['dataset']!r} at step {step}, "
-            f"and no checkpoint at {path} to trace. Run `python -m moe_lib build` to train the "
-            "project's models and trace their probes."
+            f"model {model!r}: no cached trace of probe {collect['attrs']['dataset']!r} at step {step} "
+            f"(weights {identity['weights_sha256']}), and no checkpoint at {path} to trace. Run "
+            "`python -m moe_lib build --from-scratch` to train the project's models and trace their probes."
         )
-    check_run(model, path)
     loaded = load_model(path, AutoModelForCausalLM).eval()
     tokenizer = AutoTokenizer.from_pretrained(PROJECT_ROOT / "datasets" / "tokenizer")
     ds = cache.cached_trace(name, identity, loaded, tokenizer, texts, labels=labels, progress=False, **collect)
@@ -263,8 +315,11 @@ def check_run(model: str, path: Path) -> None:
 
     from moe_lib.models.checkpoints import verify
 
-    _, _, recipe = _require_own(model)
+    _, _, seed, recipe = own_run(model) or _require_own(model)
     state = verify(path) if (path / "manifest.json").exists() else json.loads((path / "run.json").read_text())
+    if state.get("seed", 0) != seed:
+        raise MissingDataError(f"{path}: trained with seed {state.get('seed', 0)}, but {model!r} names seed {seed}; "
+                               "use the run folder of that seed")
     if state["recipe_hash"] != recipe.hash():
         raise MissingDataError(
             f"{path}: trained with recipe hash {state['recipe_hash']}, but the code's {model} recipe is "
@@ -276,10 +331,10 @@ def train_tiny(model: str) -> Path:
     """Train a ``*-tiny`` test preset (seconds to a minute) and return its run directory."""
     from moe_lib.training.train import train
 
-    recipe_name, preset, _ = _require_own(model)
+    recipe_name, preset, seed, _ = own_run(model) or _require_own(model)
     if preset != "tiny":
         raise ValueError(f"model {model!r}: only tiny presets are trained on the fly; run `python -m moe_lib build`")
-    return train(recipe_name, preset, out_dir=models_dir() / model, corpus_dir=corpus_dir(),
+    return train(recipe_name, preset, out_dir=models_dir() / model, seed=seed, corpus_dir=corpus_dir(),
                  tokenizer_dir=PROJECT_ROOT / "datasets" / "tokenizer", progress=False)
 
 
@@ -422,18 +477,16 @@ def with_checkpoints(model_list) -> list[str]:
 def training_metrics(model: str) -> pd.DataFrame:
     """Return a project model's validation loss per domain at each checkpoint (cached).
 
-    The run's ``metrics.csv`` is read once into the cache, keyed by the recipe hash and
-    the checkpoint schedule, so the committed cache keeps it when the run folder is gone.
+    The run's ``metrics.csv`` is read once into the cache, keyed by the final weights' sha256
+    and the checkpoint schedule, so the committed cache keeps it when the run folder is gone.
     Columns as ``metrics.csv``: step, tokens_seen, domain, val_loss (nats per token),
     n_tokens, train_loss, elapsed_s.
     """
-    recipe_name, preset, recipe = _require_own(model)
-    identity = {"model": model, "recipe_hash": recipe.hash(), "schedule": schedule(model), "file": "metrics.csv"}
+    identity = {"model": model, "weights_sha256": weights_sha256(model), "schedule": schedule(model),
+                "file": "metrics.csv"}
     path = models_dir() / model / "metrics.csv"
 
     def read() -> pd.DataFrame:
-        if not path.is_file() and model.endswith("-tiny"):
-            train_tiny(model)
         if path.is_file():
             check_run(model, path.parent)
         if not path.is_file():
@@ -462,7 +515,7 @@ def provenance() -> pd.DataFrame:
 
 __all__ = [
     "PROJECT_MODELS", "MissingDataError", "analysis_version", "cached_models", "check_run", "checkpoint_dir",
-    "checkpoints", "models",
+    "checkpoint_info", "checkpoints", "models", "own_run", "weights_sha256",
     "own_recipe", "per_model", "provenance", "record_read", "schedule", "table", "trace", "trace_key", "train_tiny",
     "training_metrics", "with_checkpoints",
 ]

@@ -109,9 +109,11 @@ def _sample(run: ablation_runs.RunSettings) -> tuple[list[str], dict]:
         raise site.MissingDataError(f"{error} (MMLU for the ablations chapter)") from error
 
 
-def latest_cached(name: str) -> pd.DataFrame:
-    """Return :func:`~moe_lib.interventions.ablation.cached_results` keeping, per model, only the
-    store written last (a model run twice, e.g. before and after retraining, shows once)."""
+def latest_cached(name: str, weights: dict[str, str] | None = None) -> pd.DataFrame:
+    """Return :func:`~moe_lib.interventions.ablation.cached_results` keeping, per model, one
+    store: for a model of ``weights`` (model -> sha256 of its weights), one made from those
+    weights (others are dropped: a retrained model never shows another's run); for any
+    other model, the store written last."""
     from moe_lib.core.cache import list_stores
 
     results = ablation.cached_results(name)
@@ -119,10 +121,38 @@ def latest_cached(name: str) -> pd.DataFrame:
         return results
     stores = list_stores()
     written = {key: (Path(path).stat().st_mtime, key) for key, path in zip(stores["key"], stores["path"])}
+    made_from = {key: _store_weights(path) for key, path in zip(stores["key"], stores["path"])}
     runs = results[["model", "cache_key"]].drop_duplicates()
+    expected = runs["model"].map(weights or {})
+    runs = runs[expected.isna() | (runs["cache_key"].map(made_from) == expected)]
     # ties (a fresh clone's files share one time) go to the larger key: one run per model
     newest = runs.groupby("model")["cache_key"].agg(lambda keys: max(keys, key=written.__getitem__))
     return results[results["cache_key"].isin(set(newest))].reset_index(drop=True)
+
+
+def _store_weights(path) -> str | None:
+    """Return the weights sha256 a cached run's identity names, or None."""
+    import json
+
+    import zarr
+
+    identity = json.loads(zarr.open_group(path, mode="r").attrs.get("cache_identity", "{}"))
+    return identity.get("weights_sha256")
+
+
+def _project_weights(models: list[str]) -> dict[str, str]:
+    """Return ``{model: sha256 of its final weights}`` for the project models of ``models``
+    (run folder on disk, or committed record); "" where neither exists, which no store matches."""
+    from moe_lib import site
+
+    known = {}
+    for model in models:
+        if site.own_recipe(model) is not None:
+            try:
+                known[model] = site.weights_sha256(model, train=False)
+            except site.MissingDataError:
+                known[model] = ""
+    return known
 
 
 def ablation_tables(benchmark: str, models: list[str], **options) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -144,8 +174,9 @@ def ablation_tables(benchmark: str, models: list[str], **options) -> tuple[pd.Da
             grids.append(found[0].assign(model=model))
             lenses.append(found[1].assign(model=model))
             ran.append(model)
+    weights = _project_weights(models)
     for frames, name in ((grids, f"ablation-{benchmark}"), (lenses, f"lens-{benchmark}")):
-        cached = latest_cached(name)
+        cached = latest_cached(name, weights)
         if not cached.empty:
             wanted = cached["model"].isin(models) | ~cached["model"].str.endswith("-tiny")
             for model, key in cached.loc[wanted, ["model", "cache_key"]].drop_duplicates().itertuples(index=False):

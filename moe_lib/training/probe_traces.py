@@ -7,8 +7,9 @@ Two probes, both fixed for every checkpoint of every run so traces compare acros
   ``is_target`` marking the target token, when that folder exists.
 
 Each trace is cached by ``moe_lib.core.cache.cached_trace`` under the identity
-``{model, recipe, preset, step, tokens_seen, recipe_hash, probe}``, so a checkpoint is
-traced once and a chapter reads the store without loading the model.
+``{model, weights_sha256, probe}`` (:func:`checkpoint_request`, which the site uses too), so
+a checkpoint is traced once, a chapter reads the store without loading the model, and a
+retrained checkpoint whose weights differ never reads another's trace.
 """
 
 from __future__ import annotations
@@ -24,9 +25,41 @@ MAX_LENGTH = 256  # tokens per probe text; documents are cut to this anyway
 PROBES = ("domains", "contextual")
 
 
-def model_name(recipe: str, preset: str) -> str:
-    """Return the name a run's traces carry, e.g. ``"standard-default"``."""
-    return f"{recipe}-{preset}"
+def model_name(recipe: str, preset: str, seed: int = 0) -> str:
+    """Return the name a run's traces carry, e.g. ``"standard-default"`` (seed 0) or
+    ``"standard-default-seed1"``."""
+    return f"{recipe}-{preset}" + (f"-seed{seed}" if seed else "")
+
+
+def checkpoint_request(checkpoint: dict, probe: str, probe_fingerprint: str, target_spans=None):
+    """Return ``(store name, identity, collect kwargs)`` of a checkpoint's probe trace.
+
+    ``checkpoint`` holds model (the run's name), recipe, preset, seed, recipe_hash, step,
+    tokens_seen and weights_sha256, from the checkpoint itself or from the run's committed
+    record (:mod:`moe_lib.training.run_record`): both give the same key. The identity is
+    the weights and the probe; the run's description goes into the attrs.
+    """
+    fields = ("model", "recipe", "preset", "seed", "recipe_hash", "step", "tokens_seen", "weights_sha256")
+    missing = [f for f in fields if f not in checkpoint]
+    if missing:
+        raise ValueError(f"checkpoint description lacks {missing}")
+    attrs = {**{f: checkpoint[f] for f in fields}, "checkpoint_step": checkpoint["step"],
+             "dataset": f"probe-{probe}"}
+    identity = {"model": checkpoint["model"], "weights_sha256": checkpoint["weights_sha256"],
+                "probe": probe_fingerprint}
+    collect = {"max_length": MAX_LENGTH, "router_logits": True, "predictions": True, "attrs": attrs}
+    if target_spans is not None:
+        collect["target_spans"] = target_spans
+    return f"probe-{probe}-{checkpoint['model']}", identity, collect
+
+
+def describe_checkpoint(checkpoint_dir: Path) -> dict:
+    """Return what :func:`checkpoint_request` needs of a saved checkpoint, after verifying it."""
+    state = checkpoints.verify(checkpoint_dir)
+    seed = state.get("seed", 0)
+    return {"model": model_name(state["recipe"], state["preset"], seed), "recipe": state["recipe"],
+            "preset": state["preset"], "seed": seed, "recipe_hash": state["recipe_hash"], "step": state["step"],
+            "tokens_seen": state["tokens_seen"], "weights_sha256": checkpoints.weights_sha256(checkpoint_dir)}
 
 
 def domain_probe(validation_path: Path, n_per_domain: int = 8):
@@ -91,42 +124,27 @@ def trace_checkpoint(
     import moe_lib.models.cross_layer  # noqa: F401  registers moe_crosslayer with AutoModel
     from moe_lib.core.cache import cached_trace
 
-    state = checkpoints.verify(checkpoint_dir)
+    checkpoint = describe_checkpoint(checkpoint_dir)
     if model is None:
         model = checkpoints.load_model(checkpoint_dir, AutoModelForCausalLM)
     if tokenizer is None:
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    was_training = model.training
-    model.eval()
-    name = model_name(state["recipe"], state["preset"])
-    base = {
-        "model": name,
-        "recipe": state["recipe"],
-        "preset": state["preset"],
-        "step": state["step"],
-        "tokens_seen": state["tokens_seen"],
-        "recipe_hash": state["recipe_hash"],
-    }
-    # Attrs name the run, not the checkpoint's path on this machine.
-    attrs = {**base, "checkpoint_step": state["step"]}
     unknown = set(probes) - set(PROBES)
     if unknown:
         raise ValueError(f"unknown probe(s) {sorted(unknown)}; choose from {PROBES}")
+    was_training = model.training
+    model.eval()
     traces = {}
     if "domains" in probes:
         texts, labels, probe_fp = domain_probe(validation_path)
-        traces["domains"] = cached_trace(
-            f"probe-domains-{name}", {**base, "probe": probe_fp}, model, tokenizer, texts, labels=labels,
-            max_length=MAX_LENGTH, router_logits=True, predictions=True,
-            attrs={**attrs, "dataset": "probe-domains"}, progress=progress,
-        )
+        name, identity, collect = checkpoint_request(checkpoint, "domains", probe_fp)
+        traces["domains"] = cached_trace(name, identity, model, tokenizer, texts, labels=labels,
+                                         progress=progress, **collect)
     contextual = contextual_probe(contextual_dir) if "contextual" in probes else None
     if contextual is not None:
         texts, labels, spans, probe_fp = contextual
-        traces["contextual"] = cached_trace(
-            f"probe-contextual-{name}", {**base, "probe": probe_fp}, model, tokenizer, texts, labels=labels,
-            target_spans=spans, max_length=MAX_LENGTH, router_logits=True, predictions=True,
-            attrs={**attrs, "dataset": "probe-contextual"}, progress=progress,
-        )
+        name, identity, collect = checkpoint_request(checkpoint, "contextual", probe_fp, target_spans=spans)
+        traces["contextual"] = cached_trace(name, identity, model, tokenizer, texts, labels=labels,
+                                            progress=progress, **collect)
     model.train(was_training)
     return traces

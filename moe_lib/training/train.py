@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
 from moe_lib.models import checkpoints, cross_layer, standard
+from moe_lib.training.probe_traces import model_name
 from moe_lib.training.training_data import (
     corpus_fingerprint,
     eval_blocks,
@@ -249,7 +250,8 @@ def train(
     preset
         ``"tiny"``, ``"default"`` or ``"gpu"``; ``overrides`` replace single fields.
     out_dir
-        Run directory; default ``datasets/saved-models/<recipe>-<preset>``. If it holds
+        Run directory; default ``datasets/saved-models/<recipe>-<preset>`` (``-seed<N>`` added
+        for a seed other than 0). If it holds
         checkpoints, training resumes from the last one (which must verify).
     stop_after
         Stop once the checkpoint at or after this step is written, as if killed there
@@ -264,7 +266,7 @@ def train(
     recipe_module = RECIPES[recipe_name]
     device = torch.device(device)
     recipe = recipe_for(recipe_name, preset, **overrides)
-    run_dir = Path(out_dir or Path("datasets/saved-models") / f"{recipe_name}-{preset}")
+    run_dir = Path(out_dir or Path("datasets/saved-models") / model_name(recipe_name, preset, seed))
     ckpt_root = run_dir / "checkpoints"
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     run_info = {
