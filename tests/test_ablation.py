@@ -250,3 +250,25 @@ def test_grid_refuses_a_model_whose_experts_module_is_bypassed(tokenizer):
     block.forward = lambda hidden_states: torch.zeros_like(hidden_states)  # never calls its experts
     with pytest.raises(RuntimeError, match=r"layers \[3\] were never called"):
         heldout_loss(model, tokenizer, TEXTS[:2], [Condition(), Condition("last:1", "0")], progress=False)
+
+
+def test_holm_adjusts_step_down_and_keeps_order_and_nan():
+    from moe_lib.interventions.ablation import holm
+
+    adjusted = holm([0.01, np.nan, 0.04, 0.03, 0.5])
+    # sorted 0.01, 0.03, 0.04, 0.5 times 4, 3, 2, 1 -> 0.04, 0.09, 0.08 (raised to 0.09), 0.5
+    assert np.allclose(adjusted[[0, 3, 2, 4]], [0.04, 0.09, 0.09, 0.5]) and np.isnan(adjusted[1])
+    assert (holm([0.6, 0.7]) == 1.0).all()
+
+
+def test_bootstrap_p_is_small_for_a_real_difference_and_large_for_none():
+    from moe_lib.interventions.ablation import BASELINE, bootstrap_summary
+
+    rng = np.random.default_rng(0)
+    n = 200
+    base = rng.normal(2.0, 0.1, n)
+    rows = pd.DataFrame({"item": np.tile(np.arange(n), 3),
+                         "condition": np.repeat([BASELINE, "shifted", "same"], n),
+                         "nll": np.concatenate([base, base + 0.05, base + rng.normal(0, 0.01, n)])})
+    p = bootstrap_summary(rows, "nll").set_index("condition")["delta_p"]
+    assert np.isnan(p[BASELINE]) and p["shifted"] == pytest.approx(1 / 1000) and p["same"] > 0.05

@@ -435,7 +435,10 @@ def bootstrap_summary(
     -------
     pandas.DataFrame
         ``by`` columns, the condition columns, ``n_items``, ``value``, ``lo``, ``hi``,
-        ``delta``, ``delta_lo``, ``delta_hi`` (NaN where there is no baseline).
+        ``delta``, ``delta_lo``, ``delta_hi`` and ``delta_p``, the two-sided bootstrap p-value
+        of the paired difference (twice the smaller share of resamples on either side of 0,
+        at least 1/n_boot; NaN where there is no baseline). Correct it for the number of
+        conditions read together with :func:`holm`.
     """
     by = list(by)
     alpha = (1 - level) / 2
@@ -474,8 +477,11 @@ def bootstrap_summary(
             table["delta"] = table["value"] - value[BASELINE]
             table["delta_lo"] = np.quantile(paired, alpha, axis=0)
             table["delta_hi"] = np.quantile(paired, 1 - alpha, axis=0)
+            sides = np.minimum((paired <= 0).mean(0), (paired >= 0).mean(0))
+            table["delta_p"] = np.clip(2 * sides, 1 / n_boot, 1.0)
+            table.loc[table["condition"] == BASELINE, "delta_p"] = np.nan
         else:
-            table[["delta", "delta_lo", "delta_hi"]] = np.nan
+            table[["delta", "delta_lo", "delta_hi", "delta_p"]] = np.nan
         for column, part in zip(by, key if isinstance(key, tuple) else (key,)):
             table.insert(0, column, part)
         frames.append(table)
@@ -509,6 +515,24 @@ def cached_results(name: str) -> pd.DataFrame:
 
         frames.append(cached_table(name, identity, missing).assign(cache_key=key))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def holm(p_values) -> np.ndarray:
+    """Return Holm's step-down adjusted p-values (family-wise error), NaN kept in place.
+
+    The i-th smallest of m p-values is multiplied by m - i (i from 0), the running maximum
+    taken so that the order is kept, and capped at 1 (Holm 1979).
+    """
+    p = np.asarray(p_values, dtype=float)
+    adjusted = np.full_like(p, np.nan)
+    finite = np.flatnonzero(~np.isnan(p))
+    order = finite[np.argsort(p[finite], kind="stable")]
+    m = len(order)
+    running = 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[index]))
+        adjusted[index] = running
+    return adjusted
 
 
 def summarize_accuracy(results: pd.DataFrame, by: Sequence[str] = (), **kwargs) -> pd.DataFrame:
