@@ -58,6 +58,21 @@ def test_path_groups_purity_token_entropy_and_contexts():
     assert len(groups.loc["0-0", "examples"]) == 2
 
 
+def test_path_group_purity_nulls_keep_group_size_and_token_identity():
+    # Meaning x on token a, y on token b; path 0-0 holds only a's, path 1-1 a's and b's.
+    ids = np.array([[0, 0]] * 6 + [[1, 1]] * 6)
+    token_id = [1] * 6 + [1, 1, 1, 2, 2, 2]
+    meaning = np.array(["x"] * 9 + ["y"] * 3, dtype=object)
+    ds = make_trace(ids, 2, token_id=token_id, token_str=["a" if t == 1 else "b" for t in token_id],
+                    labels={"meaning": meaning})
+    groups = paths.path_groups(ds, min_tokens=6, n_shuffles=200).set_index("path")
+    # within token id the meaning never moves: the token-keeping null equals the purity
+    assert (groups["meaning_purity_token_null"] == groups["meaning_purity"]).all()
+    # a random group of six from nine x and three y is less pure than 0-0's 1.0
+    assert 0.75 < groups.loc["0-0", "meaning_purity_null"] < 1.0
+    assert groups.loc["0-0", "meaning_purity"] == 1.0
+
+
 def test_paths_to_cover_by_hand():
     ids = np.array([[0]] * 8 + [[1]] * 2 + [[2]] * 5 + [[3]] * 5)
     domain = np.array(["a"] * 10 + ["b"] * 10, dtype=object)

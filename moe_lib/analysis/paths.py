@@ -110,6 +110,7 @@ def path_groups(
     max_groups: int | None = 200,
     tokens: np.ndarray | None = None,
     seed: int = 0,
+    n_shuffles: int = 50,
 ) -> pd.DataFrame:
     """Return the groups of tokens that share a path, with what their tokens have in common.
 
@@ -133,8 +134,12 @@ def path_groups(
         One row per group, largest first: path (experts joined by "-"), n_tokens,
         n_token_ids, token_id_entropy_bits, top_token (most common token_str), for each
         label ``<label>_top`` (most common value), ``<label>_purity`` (its share of the
-        group's labelled tokens) and ``<label>_n`` (labelled tokens), and examples (a list
-        of ``n_examples`` contexts with the token marked [[ ]]).
+        group's labelled tokens), ``<label>_n`` (labelled tokens) and two nulls, the mean
+        purity of the same group over ``n_shuffles`` shuffles of the label: over all tokens
+        (``<label>_purity_null``: a random group of the same size, since small groups are
+        purer by chance) and within each token id (``<label>_purity_token_null``: what the
+        tokens' identities alone give, as routing mostly follows them); and examples (a
+        list of ``n_examples`` contexts with the token marked [[ ]]).
     """
     start, length = window_start(ds, first_layer, length)
     selected = np.arange(ds.sizes["token"]) if tokens is None else np.flatnonzero(np.asarray(tokens, bool))
@@ -177,9 +182,13 @@ def path_groups(
         n_labelled = counts.sum(axis=1)
         table[f"{name}_top"] = np.where(n_labelled > 0, np.asarray(uniques, object)[counts.argmax(axis=1)]
                                         if len(uniques) else None, None)
-        table[f"{name}_purity"] = np.divide(counts.max(axis=1), n_labelled,
-                                            out=np.full(groups.size, np.nan), where=n_labelled > 0)
+        table[f"{name}_purity"] = _purity(group[labelled], values[labelled], groups.size, len(uniques))
         table[f"{name}_n"] = n_labelled
+        shuffle_rng = np.random.default_rng(seed)
+        for column, within in ((f"{name}_purity_null", None), (f"{name}_purity_token_null", token_ids[labelled])):
+            table[column] = np.mean([
+                _purity(group[labelled], _shuffled(values[labelled], within, shuffle_rng), groups.size, len(uniques))
+                for _ in range(n_shuffles)], axis=0)
     # A seeded random key per member, then the first n_examples of each group.
     rng = np.random.default_rng(seed)
     order = np.lexsort((rng.random(member.size), group))
@@ -188,6 +197,26 @@ def path_groups(
     contexts = pd.Series(_contexts(ds, picked, n_context)).groupby(group[order][first]).agg(list)
     table["examples"] = contexts.reindex(np.arange(groups.size)).values
     return table
+
+
+def _purity(group: np.ndarray, values: np.ndarray, n_groups: int, n_values: int) -> np.ndarray:
+    """Return each group's share of its most common label value (NaN for an unlabelled group)."""
+    counts = np.bincount(group * max(n_values, 1) + values, minlength=n_groups * max(n_values, 1))
+    counts = counts.reshape(n_groups, max(n_values, 1))
+    n = counts.sum(axis=1)
+    return np.divide(counts.max(axis=1), n, out=np.full(n_groups, np.nan), where=n > 0)
+
+
+def _shuffled(values: np.ndarray, within: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
+    """Return ``values`` permuted over all tokens, or within each value of ``within``."""
+    if within is None:
+        return rng.permutation(values)
+    out = values.copy()
+    order = np.argsort(within, kind="stable")
+    bounds = np.flatnonzero(np.diff(within[order])) + 1
+    for rows in np.split(order, bounds):
+        out[rows] = values[rng.permutation(rows)]
+    return out
 
 
 def paths_to_cover(
