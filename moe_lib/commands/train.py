@@ -17,7 +17,7 @@ def add_command(subparsers) -> None:
         "data-cache/ (and of the polysemantic-token samples after the last).",
     )
     parser.add_argument("recipe", choices=["standard", "cross-layer"], help="which recipe")
-    parser.add_argument("--preset", choices=["tiny", "default", "long", "gpu"], default="default",
+    parser.add_argument("--preset", choices=["tiny", "default", "long", "gpu", "default-weakbalance"], default="default",
                         help="model size and training length (default: %(default)s)")
     parser.add_argument("--out", type=Path, help="run directory (default: datasets/saved-models/RECIPE-PRESET, -seedN added for seed N > 0)")
     parser.add_argument("--seed", type=int, default=0, help="seed of initialisation and data order (default: 0)")

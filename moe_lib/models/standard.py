@@ -89,6 +89,10 @@ PRESETS: dict[str, StandardRecipe] = {
     "default": StandardRecipe(),
     # The default trained twice as long (8.2 M tokens, under one pass over the corpus).
     "long": StandardRecipe(n_steps=2000),
+    # A control for what the recipe does to routing (issue 12): the default at OLMoE's
+    # balance coefficient (0.01) and without z-loss, same model, data and budget. Balance
+    # and router entropy of the default model are then read beside this one's.
+    "default-weakbalance": StandardRecipe(balance_coef=0.01, z_coef=0.0),
     # For one GPU (not run on these CPU machines): 8 x 512, 32 experts top-4, 49 M tokens,
     # about five passes over the ~10 M-token corpus; a larger corpus can carry a larger model.
     "gpu": StandardRecipe(
