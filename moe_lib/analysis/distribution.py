@@ -2,7 +2,9 @@
 consecutive tokens keep their experts (the measure of the Mixtral paper's routing section).
 
 All functions take a trace (see ``moe_lib.core.schema``) and return tidy DataFrames, one row per
-layer (or per layer and slot / expert); ``layer`` holds the absolute layer index.
+layer (or per layer and slot / expert); ``layer`` holds the absolute layer index. A chunked
+trace (``open_trace(path, chunks=...)``) is reduced block by block (``analysis.chunked``),
+with the same results (sums may differ in the last bits).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from moe_lib.analysis.chunked import exact_quantiles, is_chunked, sum_blocks
 from moe_lib.analysis.common import (
     entropy_bits,
     expert_ids,
@@ -26,6 +29,12 @@ QUANTILE_COLUMNS = ("q05", "q25", "median", "q75", "q95")
 _TOKEN_CHUNK = 65536  # tokens per block of per-token work: (chunk, layer, expert) floats
 
 
+def _load_counts(ds: xr.Dataset, n_slots: int | None) -> np.ndarray:
+    """Return assignment counts (layer, expert) of the first ``n_slots`` slots."""
+    n_experts = int(ds.attrs["n_experts"])
+    return sum_blocks(ds, lambda block: layer_expert_counts(expert_ids(block, n_slots), n_experts), ["expert_id"])
+
+
 def weight_by_slot(ds: xr.Dataset) -> pd.DataFrame:
     """Return quantiles of the routing weight per (layer, slot), ready for a boxplot.
 
@@ -35,16 +44,24 @@ def weight_by_slot(ds: xr.Dataset) -> pd.DataFrame:
         Columns layer, slot, n_tokens, mean, q05, q25, median, q75, q95 (weights as the layer
         used them, unitless).
     """
-    weight = np.asarray(ds["weight"].transpose("token", "layer", "slot").values, np.float32)
-    n_tokens, n_layers, top_k = weight.shape
-    # One contiguous row per (layer, slot): quantiles along rows sort far faster than down
-    # a strided token axis.
-    rows = np.ascontiguousarray(weight.reshape(n_tokens, -1).T)
-    quantiles = np.quantile(rows, QUANTILES, axis=1).reshape(len(QUANTILES), n_layers, top_k)
+    n_tokens, n_layers, top_k = ds.sizes["token"], ds.sizes["layer"], ds.sizes["slot"]
+    if is_chunked(ds):
+        def rows_of(block):
+            weight = np.asarray(block["weight"].transpose("token", "layer", "slot").values, np.float32)
+            return weight.reshape(weight.shape[0], -1).T
+        quantiles, sums, _ = exact_quantiles(ds, rows_of, n_layers * top_k, QUANTILES, ["weight"])
+        mean = sums / n_tokens
+    else:
+        weight = np.asarray(ds["weight"].transpose("token", "layer", "slot").values, np.float32)
+        # One contiguous row per (layer, slot): quantiles along rows sort far faster than down
+        # a strided token axis.
+        rows = np.ascontiguousarray(weight.reshape(n_tokens, -1).T)
+        quantiles = np.quantile(rows, QUANTILES, axis=1)
+        mean = weight.mean(axis=0, dtype=np.float64).ravel()
+    quantiles = quantiles.reshape(len(QUANTILES), n_layers, top_k)
     layer, slot = np.meshgrid(ds["layer"].values, np.arange(top_k), indexing="ij")
     table = pd.DataFrame(
-        {"layer": layer.ravel(), "slot": slot.ravel(), "n_tokens": n_tokens,
-         "mean": weight.mean(axis=0, dtype=np.float64).ravel()}
+        {"layer": layer.ravel(), "slot": slot.ravel(), "n_tokens": n_tokens, "mean": mean}
     )
     for name, values in zip(QUANTILE_COLUMNS, quantiles):
         table[name] = values.ravel()
@@ -65,7 +82,7 @@ def expert_load(ds: xr.Dataset, n_slots: int | None = None) -> pd.DataFrame:
         Columns layer, expert, n_assignments, share (sums to 1 per layer), uniform_share (1/E).
     """
     n_experts = int(ds.attrs["n_experts"])
-    counts = layer_expert_counts(expert_ids(ds, n_slots), n_experts)  # (layer, expert)
+    counts = _load_counts(ds, n_slots)  # (layer, expert)
     n_layers = counts.shape[0]
     return pd.DataFrame(
         {
@@ -89,7 +106,7 @@ def load_balance(ds: xr.Dataset, n_slots: int | None = None) -> pd.DataFrame:
         n_dead (experts that received no assignment).
     """
     n_experts = int(ds.attrs["n_experts"])
-    counts = layer_expert_counts(expert_ids(ds, n_slots), n_experts)
+    counts = _load_counts(ds, n_slots)
     entropy = entropy_bits(counts, axis=1)
     return pd.DataFrame(
         {
@@ -114,6 +131,20 @@ def router_entropy_per_token(ds: xr.Dataset) -> tuple[xr.DataArray, str]:
     has_logits = "router_logits" in ds
     scores = ds["router_logits"].transpose("token", "layer", "expert") if has_logits else \
         ds["weight"].transpose("token", "layer", "slot")
+    source = "router_logits" if has_logits else "top_k_weights"
+    attrs = {"units": "bits", "source": source}
+    if is_chunked(ds):  # a lazy result, one block of tokens at a time
+        scoring = str(ds.attrs["scoring"])
+
+        def block_entropy(values: np.ndarray) -> np.ndarray:
+            if has_logits:
+                values = router_probs(xr.DataArray(values, dims=scores.dims), scoring).values
+            return entropy_bits(values, axis=-1, dtype=np.float32)
+
+        lazy = scores.data.rechunk({1: -1, 2: -1}).map_blocks(block_entropy, drop_axis=2, dtype=np.float32)
+        entropy = xr.DataArray(lazy, dims=("token", "layer"), coords={"layer": ds["layer"].values},
+                               name="router_entropy", attrs=attrs)
+        return entropy, source
     blocks = []
     # Blocks of tokens keep the float temporaries small and in cache.
     for start in range(0, ds.sizes["token"], _TOKEN_CHUNK):
@@ -121,10 +152,9 @@ def router_entropy_per_token(ds: xr.Dataset) -> tuple[xr.DataArray, str]:
         probs = router_probs(block, str(ds.attrs["scoring"])).values if has_logits else block.values
         blocks.append(entropy_bits(probs, axis=-1, dtype=np.float32))
     values = np.concatenate(blocks)
-    source = "router_logits" if has_logits else "top_k_weights"
     entropy = xr.DataArray(
         values, dims=("token", "layer"), coords={"layer": ds["layer"].values},
-        name="router_entropy", attrs={"units": "bits", "source": source},
+        name="router_entropy", attrs=attrs,
     )
     return entropy, source
 
@@ -140,13 +170,18 @@ def router_entropy(ds: xr.Dataset) -> pd.DataFrame:
         max_entropy_bits (log2 n_experts for logits, log2 top_k for weights).
     """
     entropy, source = router_entropy_per_token(ds)
-    rows = np.ascontiguousarray(entropy.values.T)  # (layer, token): quantiles along rows
+    if is_chunked(entropy):
+        quantiles, sums, counts = exact_quantiles(
+            xr.Dataset({"router_entropy": entropy}), lambda block: block["router_entropy"].values.T,
+            entropy.sizes["layer"], QUANTILES,
+        )
+        mean = sums / counts
+    else:
+        rows = np.ascontiguousarray(entropy.values.T)  # (layer, token): quantiles along rows
+        quantiles, mean = np.quantile(rows, QUANTILES, axis=1), rows.mean(axis=1, dtype=np.float64)
     bound = ds.attrs["n_experts"] if source == "router_logits" else ds.attrs["top_k"]
-    table = pd.DataFrame(
-        {"layer": ds["layer"].values, "source": source,
-         "mean": rows.mean(axis=1, dtype=np.float64)}
-    )
-    for name, column in zip(QUANTILE_COLUMNS, np.quantile(rows, QUANTILES, axis=1)):
+    table = pd.DataFrame({"layer": ds["layer"].values, "source": source, "mean": mean})
+    for name, column in zip(QUANTILE_COLUMNS, quantiles):
         table[name] = column
     table["max_entropy_bits"] = np.log2(bound)
     return table
@@ -168,24 +203,40 @@ def consecutive_routing(ds: xr.Dataset) -> pd.DataFrame:
         |A ∩ B| / k, in [0, 1]), topk_overlap_chance, p_any_shared (at least one shared
         expert in the top-k), ratio_top1 (observed over chance).
     """
-    ids = expert_ids(ds)  # (token, layer, slot)
-    n_tokens, n_layers, top_k = ids.shape
     n_experts = int(ds.attrs["n_experts"])
-    pair = next_in_sequence(ds)
-    first, second = ids[:-1][pair[:-1]], ids[1:][pair[:-1]]  # (pair, layer, slot)
-    same_top1 = (first[..., 0] == second[..., 0]).mean(axis=0)
-    overlap = set_overlap(first, second)  # (pair, layer)
-    top1_share = layer_expert_counts(ids[..., :1], n_experts) / n_tokens
-    inclusion = layer_expert_counts(ids, n_experts) / n_tokens
+    n_tokens, top_k = ds.sizes["token"], ds.sizes["slot"]
+
+    def pair_sums(block):
+        # A block sees the next block's first token, so pairs across blocks count once.
+        ids = expert_ids(block)  # (token, layer, slot)
+        pair = next_in_sequence(block)
+        pair[block.attrs["n_own"]:] = False
+        first, second = ids[:-1][pair[:-1]], ids[1:][pair[:-1]]  # (pair, layer, slot)
+        overlap = set_overlap(first, second)  # (pair, layer)
+        own = ids[: block.attrs["n_own"]]
+        return {
+            "n_pairs": int(pair.sum()),
+            "same_top1": (first[..., 0] == second[..., 0]).sum(axis=0),
+            "overlap": overlap.sum(axis=0, dtype=np.int64),
+            "any_shared": (overlap > 0).sum(axis=0),
+            "top1": layer_expert_counts(own[..., :1], n_experts),
+            "inclusion": layer_expert_counts(own, n_experts),
+        }
+
+    sums = sum_blocks(ds, pair_sums, ["expert_id", "seq", "pos"], overlap=1)
+    n_pairs = sums["n_pairs"]
+    same_top1 = sums["same_top1"] / n_pairs
+    top1_share = sums["top1"] / n_tokens
+    inclusion = sums["inclusion"] / n_tokens
     return pd.DataFrame(
         {
             "layer": ds["layer"].values,
-            "n_pairs": int(pair.sum()),
+            "n_pairs": int(n_pairs),
             "p_same_top1": same_top1,
             "p_same_top1_chance": (top1_share**2).sum(axis=1),
-            "topk_overlap": overlap.mean(axis=0) / top_k,
+            "topk_overlap": sums["overlap"] / n_pairs / top_k,
             "topk_overlap_chance": (inclusion**2).sum(axis=1) / top_k,
-            "p_any_shared": (overlap > 0).mean(axis=0),
+            "p_any_shared": sums["any_shared"] / n_pairs,
             "ratio_top1": same_top1 / (top1_share**2).sum(axis=1),
         }
     )

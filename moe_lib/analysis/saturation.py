@@ -3,7 +3,9 @@ over experts of chosen tokens at each checkpoint.
 
 Saturation at checkpoint t, layer l: the mean over probe tokens of
 |topk_t ∩ topk_final| / k, i.e. how much of the final router's choice is already made.
-All checkpoints must be traces of one model family on the same probe tokens.
+All checkpoints must be traces of one model family on the same probe tokens. Chunked traces
+(``open_trace(path, chunks=...)``) are compared block by block (``analysis.chunked``), with
+the same results.
 """
 
 from __future__ import annotations
@@ -14,7 +16,72 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from moe_lib.analysis.chunked import is_chunked, sum_blocks
 from moe_lib.analysis.common import expert_ids, layer_expert_counts, set_overlap
+
+_ALIGNED_COORDS = ("seq", "pos", "token_id")
+
+
+def _side_by_side(checkpoints: Mapping[Hashable, xr.Dataset]) -> xr.Dataset:
+    """Return one lazy Dataset holding checkpoint i's expert ids and token coordinates as
+    ``<name>_<i>``, in the blocks of the first checkpoint, for block-by-block comparison."""
+    items = list(checkpoints.values())
+    first = items[0]
+    chunks = first["expert_id"].chunksizes.get("token") if is_chunked(first) else None
+    variables = {}
+    for index, ds in enumerate(items):
+        if ds.sizes["token"] != first.sizes["token"]:
+            key = list(checkpoints)[index]
+            raise ValueError(
+                f"checkpoint {key!r}: coordinate 'seq' differs from checkpoint {list(checkpoints)[0]!r}; "
+                "saturation needs every checkpoint traced on the same tokens"
+            )
+        for name in ("expert_id", *_ALIGNED_COORDS):
+            array = ds[name].variable.to_base_variable()
+            variables[f"{name}_{index}"] = array.chunk({"token": chunks}) if chunks else array.chunk()
+    return xr.Dataset(variables, coords={"layer": first["layer"].values}, attrs=first.attrs)
+
+
+def _router_saturation_chunked(checkpoints: Mapping[Hashable, xr.Dataset], final: Hashable) -> pd.DataFrame:
+    """``router_saturation`` summed block by block over tokens; see its docstring."""
+    keys = list(checkpoints)
+    reference_index = keys.index(final)
+    n_experts, top_k = int(checkpoints[final].attrs["n_experts"]), int(checkpoints[final].attrs["top_k"])
+
+    def sums(block):
+        def ids(i):
+            return block[f"expert_id_{i}"].transpose("token", "layer", "slot").values.astype(np.int32)
+
+        reference = ids(reference_index)
+        out = {"mismatch": np.array([[int((block[f"{c}_{i}"].values != block[f"{c}_0"].values).sum())
+                                      for c in _ALIGNED_COORDS] for i in range(len(keys))])}
+        for i in range(len(keys)):
+            here = ids(i)
+            out[f"overlap_{i}"] = set_overlap(here, reference).sum(axis=0, dtype=np.int64)
+            out[f"agree_{i}"] = (here[..., 0] == reference[..., 0]).sum(axis=0)
+            out[f"inclusion_{i}"] = layer_expert_counts(here, n_experts)
+        return out
+
+    totals = sum_blocks(_side_by_side(checkpoints), sums)
+    for i, coord_index in zip(*np.nonzero(totals["mismatch"])):
+        raise ValueError(
+            f"checkpoint {keys[i]!r}: coordinate {_ALIGNED_COORDS[coord_index]!r} differs from checkpoint "
+            f"{keys[0]!r}; saturation needs every checkpoint traced on the same tokens"
+        )
+    n_tokens = checkpoints[final].sizes["token"]
+    layers = checkpoints[final]["layer"].values
+    reference_inclusion = totals[f"inclusion_{reference_index}"] / n_tokens
+    return pd.concat([
+        pd.DataFrame({
+            "checkpoint": [key] * len(layers),
+            "layer": layers,
+            "topk_overlap": totals[f"overlap_{i}"] / n_tokens / top_k,
+            "top1_agreement": totals[f"agree_{i}"] / n_tokens,
+            "topk_overlap_chance": (totals[f"inclusion_{i}"] / n_tokens * reference_inclusion).sum(axis=1) / top_k,
+            "n_tokens": n_tokens,
+        })
+        for i, key in enumerate(keys)
+    ], ignore_index=True)
 
 
 def _check_aligned(checkpoints: Mapping[Hashable, xr.Dataset]) -> None:
@@ -60,10 +127,14 @@ def router_saturation(
         topk_overlap_chance (the overlap of independent draws with both checkpoints'
         observed loads: sum_e q_e q'_e / k), n_tokens.
     """
-    _check_aligned(checkpoints)
+    chunked = any(is_chunked(ds) for ds in checkpoints.values())
+    if not chunked:
+        _check_aligned(checkpoints)
     final = list(checkpoints)[-1] if final is None else final
     if final not in checkpoints:
         raise KeyError(f"final checkpoint {final!r} is not among {list(checkpoints)}")
+    if chunked:
+        return _router_saturation_chunked(checkpoints, final)
     reference = expert_ids(checkpoints[final])
     n_tokens, _, top_k = reference.shape
     n_experts = int(checkpoints[final].attrs["n_experts"])

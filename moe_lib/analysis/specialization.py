@@ -2,7 +2,10 @@
 k/E, total-variation distance of each domain from the pooled routing, vocabulary
 specialization, each expert's most characteristic tokens, and co-activation.
 
-Unless ``n_slots`` says otherwise, every top-k slot counts as an assignment.
+Unless ``n_slots`` says otherwise, every top-k slot counts as an assignment. A chunked trace
+(``open_trace(path, chunks=...)``) is counted block by block (``analysis.chunked``) with the
+same results; only the shuffled baselines draw other (equally uniform) shuffles there, since
+a shuffle of the whole token dimension is drawn block by block.
 """
 
 from __future__ import annotations
@@ -11,6 +14,15 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from moe_lib.analysis.chunked import (
+    codes_in,
+    is_chunked,
+    label_index,
+    map_blocks,
+    shuffled_block_values,
+    shuffled_counts_by_block,
+    sum_blocks,
+)
 from moe_lib.analysis.common import (
     expert_ids,
     group_expert_counts,
@@ -31,12 +43,18 @@ def domain_expert_share(ds: xr.Dataset, label: str = "domain", n_slots: int | No
         uniform_share).
     """
     n_experts = int(ds.attrs["n_experts"])
-    ids = expert_ids(ds, n_slots)
-    codes, values = label_codes(ds, label)
-    counts = group_expert_counts(ids, codes, len(values), n_experts)  # (value, layer, expert)
-    n_tokens = np.bincount(codes[codes >= 0], minlength=len(values))
+    top_k = ds.sizes["slot"] if n_slots is None else min(n_slots, ds.sizes["slot"])
+    if is_chunked(ds):
+        values = label_index(ds, label)
+        counts, n_tokens = sum_blocks(ds, lambda block: _label_counts(block, label, values, n_slots),
+                                      ["expert_id", label])
+    else:
+        ids = expert_ids(ds, n_slots)
+        codes, values = label_codes(ds, label)
+        counts = group_expert_counts(ids, codes, len(values), n_experts)  # (value, layer, expert)
+        n_tokens = np.bincount(codes[codes >= 0], minlength=len(values))
     n_values, n_layers, _ = counts.shape
-    uniform = ids.shape[2] / n_experts
+    uniform = top_k / n_experts
     share = counts / n_tokens[:, None, None]
     return pd.DataFrame(
         {
@@ -50,6 +68,13 @@ def domain_expert_share(ds: xr.Dataset, label: str = "domain", n_slots: int | No
             "ratio": share.ravel() / uniform,
         }
     )
+
+
+def _label_counts(block: xr.Dataset, label: str, values: pd.Index, n_slots: int | None):
+    """Return a block's counts (value, layer, expert) and tokens per value (value,)."""
+    codes = codes_in(block, label, values)
+    counts = group_expert_counts(expert_ids(block, n_slots), codes, len(values), int(block.attrs["n_experts"]))
+    return counts, np.bincount(codes[codes >= 0], minlength=len(values))
 
 
 def _tv(counts: np.ndarray) -> np.ndarray:
@@ -81,21 +106,26 @@ def domain_tv_distance(
         Columns layer, <label>, n_tokens, tv_distance, tv_shuffled (mean over shuffles),
         tv_shuffled_q95.
     """
-    rng = np.random.default_rng(seed)
-    n_experts = int(ds.attrs["n_experts"])
-    ids = expert_ids(ds, n_slots)
-    codes, values = label_codes(ds, label)
-    tv = _tv(group_expert_counts(ids, codes, len(values), n_experts))  # (value, layer)
-    shuffled = np.stack(
-        [_tv(group_expert_counts(ids, rng.permutation(codes), len(values), n_experts))
-         for _ in range(n_permutations)]
-    )
+    if is_chunked(ds):
+        tv, shuffled, n_tokens = _tv_chunked(ds, label, n_slots, n_permutations, seed)
+        values = label_index(ds, label)
+    else:
+        rng = np.random.default_rng(seed)
+        n_experts = int(ds.attrs["n_experts"])
+        ids = expert_ids(ds, n_slots)
+        codes, values = label_codes(ds, label)
+        tv = _tv(group_expert_counts(ids, codes, len(values), n_experts))  # (value, layer)
+        shuffled = np.stack(
+            [_tv(group_expert_counts(ids, rng.permutation(codes), len(values), n_experts))
+             for _ in range(n_permutations)]
+        )
+        n_tokens = np.bincount(codes[codes >= 0], minlength=len(values))
     n_layers = tv.shape[1]
     return pd.DataFrame(
         {
             "layer": np.tile(ds["layer"].values, len(values)),
             label: np.repeat(np.asarray(values, object), n_layers),
-            "n_tokens": np.repeat(np.bincount(codes[codes >= 0], minlength=len(values)), n_layers),
+            "n_tokens": np.repeat(n_tokens, n_layers),
             "tv_distance": tv.ravel(),
             "tv_shuffled": shuffled.mean(axis=0).ravel(),
             "tv_shuffled_q95": np.quantile(shuffled, 0.95, axis=0).ravel(),
@@ -103,14 +133,70 @@ def domain_tv_distance(
     )
 
 
+def _block_sizes(ds: xr.Dataset, func, names) -> np.ndarray:
+    return np.asarray(map_blocks(ds, func, names))
+
+
+def _tv_chunked(ds: xr.Dataset, label: str, n_slots: int | None, n_permutations: int, seed: int):
+    """Return TV (value, layer), shuffled TVs (permutation, value, layer) and tokens per
+    value, counted block by block; the shuffles are drawn by block (``chunked``)."""
+    n_experts = int(ds.attrs["n_experts"])
+    values = label_index(ds, label)
+    n_values = len(values)
+    names = ["expert_id", label]
+    # Per block, tokens per code, code -1 (missing) first: what the shuffles redistribute.
+    by_block = _block_sizes(ds, lambda b: np.bincount(codes_in(b, label, values) + 1, minlength=n_values + 1), names)
+    sizes = by_block.sum(axis=1)
+    draws = [shuffled_counts_by_block(by_block.sum(axis=0), sizes, seed=seed + p) for p in range(n_permutations)]
+
+    def counts(block):
+        ids = expert_ids(block, n_slots)
+        observed = group_expert_counts(ids, codes_in(block, label, values), n_values, n_experts)
+        b = block.attrs["block"]
+        shuffled = np.stack([
+            group_expert_counts(ids, shuffled_block_values(np.arange(-1, n_values), draw[b], seed + p, b),
+                                n_values, n_experts)
+            for p, draw in enumerate(draws)
+        ]) if draws else np.zeros((0, n_values, ids.shape[1], n_experts), np.int64)
+        return observed, shuffled
+
+    observed, shuffled = sum_blocks(ds, counts, names)
+    n_tokens = by_block.sum(axis=0)[1:]
+    return _tv(observed), np.stack([_tv(c) for c in shuffled]) if len(shuffled) else np.zeros((0,) + observed.shape[:2]), n_tokens
+
+
 def next_token_ids(ds: xr.Dataset) -> np.ndarray:
-    """Return the id of the next token in the same text (token,), -1 at a text's end."""
+    """Return the id of the next token in the same text (token,), -1 at a text's end.
+
+    A chunked trace gives a lazy Dask array, each block reading the next block's first token.
+    """
+    if is_chunked(ds):
+        return _next_token_ids_lazy(ds)
     seq, pos = np.asarray(ds["seq"].values), np.asarray(ds["pos"].values)
     token_id = np.asarray(ds["token_id"].values)
     out = np.full(token_id.shape, -1, dtype=np.int64)
     follows = (seq[1:] == seq[:-1]) & (pos[1:] == pos[:-1] + 1)
     out[:-1][follows] = token_id[1:][follows]
     return out
+
+
+def _next_token_ids_lazy(ds: xr.Dataset):
+    """Return ``next_token_ids`` as a lazy Dask array: each array shifted by one token
+    (a lazy slice and a one-token pad), rechunked like the trace, compared elementwise."""
+    import dask.array as da
+
+    chunks = ds["expert_id"].data.chunks[0]
+
+    def now_and_next(name: str, pad: int):
+        array = ds[name].data if is_chunked(ds[name]) else da.from_array(ds[name].values, chunks=(chunks,))
+        array = array.astype(np.int64).rechunk((chunks,))
+        shifted = da.concatenate([array[1:], da.full((1,), pad, dtype=np.int64)]).rechunk((chunks,))
+        return array, shifted
+
+    seq, next_seq = now_and_next("seq", -1)
+    pos, next_pos = now_and_next("pos", -1)
+    _, next_id = now_and_next("token_id", -1)
+    return da.where((next_seq == seq) & (next_pos == pos + 1), next_id, -1)
 
 
 def predicted_token_ids(ds: xr.Dataset) -> np.ndarray:
@@ -124,6 +210,8 @@ def predicted_token_ids(ds: xr.Dataset) -> np.ndarray:
             f"trace of {ds.attrs.get('model', '?')!r} has no variable 'predicted_id'; "
             "collect it with predictions=True (`trace --predictions`)"
         )
+    if is_chunked(ds):
+        return ds["predicted_id"].data.astype(np.int64)
     return np.asarray(ds["predicted_id"].values, np.int64)
 
 
@@ -133,6 +221,46 @@ def _token_expert_counts(routes: np.ndarray, token_ids: np.ndarray, n_experts: i
     keep = token_ids >= 0
     codes, uniques = pd.factorize(token_ids[keep], sort=True)
     return uniques, group_expert_counts(routes[keep], codes, len(uniques), n_experts)
+
+
+def _distinct_ids(ds: xr.Dataset, name: str) -> np.ndarray:
+    """Return the sorted distinct non-negative values of token variable ``name``."""
+    def distinct(block):
+        ids = np.asarray(block[name].values, np.int64)
+        return set(np.unique(ids[ids >= 0]).tolist())
+
+    return np.array(sorted(set().union(*map_blocks(ds, distinct, [name]))), dtype=np.int64)
+
+
+def _vocabulary_counts_chunked(ds: xr.Dataset, token_ids, seed: int):
+    """Return (ids, counts, shuffled counts (id, layer, expert)) of top-1 routes, block by
+    block; the ids' shuffle over valid occurrences is drawn by block (``chunked``)."""
+    n_experts = int(ds.attrs["n_experts"])
+    name = "token_id"
+    if token_ids is not None:
+        name = "attributed_id"
+        ds = ds.assign_coords(attributed_id=("token", token_ids))
+    names = ["expert_id", name]
+    uniques = _distinct_ids(ds, name)
+
+    def id_counts(block):
+        ids = np.asarray(block[name].values, np.int64)
+        return np.bincount(np.searchsorted(uniques, ids[ids >= 0]), minlength=uniques.size)
+
+    per_block = np.asarray(map_blocks(ds, id_counts, names))  # (block, id)
+    draws = shuffled_counts_by_block(per_block.sum(axis=0), per_block.sum(axis=1), seed)
+
+    def counts(block):
+        ids = np.asarray(block[name].values, np.int64)
+        valid = ids >= 0
+        routes = top1(block)[valid]
+        observed = group_expert_counts(routes, np.searchsorted(uniques, ids[valid]), uniques.size, n_experts)
+        shuffled_codes = shuffled_block_values(np.arange(uniques.size), draws[block.attrs["block"]], seed,
+                                               block.attrs["block"])
+        return observed, group_expert_counts(routes, shuffled_codes, uniques.size, n_experts)
+
+    observed, shuffled = sum_blocks(ds, counts, names)
+    return uniques, observed, shuffled
 
 
 def vocabulary_specialization(
@@ -157,15 +285,18 @@ def vocabulary_specialization(
         which keeps each id's count and breaks only its link with the routing.
     """
     n_experts = int(ds.attrs["n_experts"])
-    routes = top1(ds)
-    token_ids = np.asarray(ds["token_id"].values if token_ids is None else token_ids, np.int64)
-    if token_ids.shape != (routes.shape[0],):
-        raise ValueError(f"token_ids has shape {token_ids.shape}, expected ({routes.shape[0]},)")
-    uniques, counts = _token_expert_counts(routes, token_ids, n_experts)
-    shuffled_ids = token_ids.copy()
-    valid = token_ids >= 0
-    shuffled_ids[valid] = np.random.default_rng(seed).permutation(token_ids[valid])
-    _, shuffled = _token_expert_counts(routes, shuffled_ids, n_experts)
+    if token_ids is not None and tuple(np.shape(token_ids)) != (ds.sizes["token"],):
+        raise ValueError(f"token_ids has shape {np.shape(token_ids)}, expected ({ds.sizes['token']},)")
+    if is_chunked(ds):
+        uniques, counts, shuffled = _vocabulary_counts_chunked(ds, token_ids, seed)
+    else:
+        routes = top1(ds)
+        token_ids = np.asarray(ds["token_id"].values if token_ids is None else token_ids, np.int64)
+        uniques, counts = _token_expert_counts(routes, token_ids, n_experts)
+        shuffled_ids = token_ids.copy()
+        valid = token_ids >= 0
+        shuffled_ids[valid] = np.random.default_rng(seed).permutation(token_ids[valid])
+        _, shuffled = _token_expert_counts(routes, shuffled_ids, n_experts)
     n_occurrences = counts[:, 0].sum(axis=-1)
     keep = n_occurrences >= min_count
     counts, shuffled, n_occurrences = counts[keep], shuffled[keep], n_occurrences[keep]
@@ -199,6 +330,17 @@ def vocabulary_by_kind(ds: xr.Dataset, min_count: int = 5, seed: int = 0) -> pd.
     )
 
 
+def _first_token_strings(ds: xr.Dataset, wanted: np.ndarray) -> pd.Series:
+    """Return the ``token_str`` of each wanted token id at its first occurrence, by id."""
+    def strings(block):
+        table = pd.Series(block["token_str"].values, index=np.asarray(block["token_id"].values, np.int64))
+        table = table[table.index.isin(wanted)]
+        return table[~table.index.duplicated()]
+
+    table = pd.concat(map_blocks(ds, strings, ["token_id", "token_str"]))
+    return table[~table.index.duplicated()]
+
+
 def characteristic_tokens(ds: xr.Dataset, n_top: int = 10, min_count: int = 20) -> pd.DataFrame:
     """Return each expert's most characteristic input tokens per layer, by lift.
 
@@ -214,12 +356,18 @@ def characteristic_tokens(ds: xr.Dataset, n_top: int = 10, min_count: int = 20) 
         over the token's occurrences), lift.
     """
     n_experts = int(ds.attrs["n_experts"])
-    token_ids = np.asarray(ds["token_id"].values, np.int64)
-    uniques, counts = _token_expert_counts(top1(ds), token_ids, n_experts)  # (id, layer, expert)
+    if is_chunked(ds):
+        uniques = _distinct_ids(ds, "token_id")
+        counts = sum_blocks(ds, lambda b: group_expert_counts(
+            top1(b), np.searchsorted(uniques, np.asarray(b["token_id"].values, np.int64)), uniques.size, n_experts),
+            ["expert_id", "token_id"])
+    else:
+        token_ids = np.asarray(ds["token_id"].values, np.int64)
+        uniques, counts = _token_expert_counts(top1(ds), token_ids, n_experts)  # (id, layer, expert)
     n_occurrences = counts[:, 0].sum(axis=-1)
     frequent = n_occurrences >= min_count
     counts, uniques, n_occurrences = counts[frequent], np.asarray(uniques)[frequent], n_occurrences[frequent]
-    p_token = n_occurrences / token_ids.size
+    p_token = n_occurrences / ds.sizes["token"]
     per_expert = counts.sum(axis=0)  # (layer, expert)
     with np.errstate(divide="ignore", invalid="ignore"):
         lift = counts / per_expert[None] / p_token[:, None, None]
@@ -229,8 +377,7 @@ def characteristic_tokens(ds: xr.Dataset, n_top: int = 10, min_count: int = 20) 
     n_layers = counts.shape[1]
     rank, layer, expert = np.meshgrid(np.arange(n_top), np.arange(n_layers), np.arange(n_experts), indexing="ij")
     ids = best.ravel()
-    token_str = pd.Series(ds["token_str"].values, index=token_ids)
-    token_str = token_str[~token_str.index.duplicated()]
+    token_str = _first_token_strings(ds, np.unique(uniques[ids]))
     table = pd.DataFrame(
         {
             "layer": ds["layer"].values[layer.ravel()],
@@ -244,6 +391,21 @@ def characteristic_tokens(ds: xr.Dataset, n_top: int = 10, min_count: int = 20) 
         }
     )
     return table[table["n_routed"] > 0].sort_values(["layer", "expert", "rank"], ignore_index=True)
+
+
+def _pair_counts(ds: xr.Dataset, n_experts: int) -> tuple[np.ndarray, np.ndarray]:
+    """Return counts (layer, expert_i, expert_j) of ordered slot pairs and (layer, expert)
+    of tokens holding each expert."""
+    ids = expert_ids(ds).astype(np.int64)  # (token, layer, slot)
+    _, n_layers, top_k = ids.shape
+    base = (np.arange(n_layers, dtype=np.int64) * n_experts * n_experts)[None, :]
+    pair_counts = np.zeros(n_layers * n_experts * n_experts, np.int64)
+    for a in range(top_k):
+        for b in range(top_k):
+            if a != b:
+                index = base + ids[:, :, a] * n_experts + ids[:, :, b]
+                pair_counts += np.bincount(index.ravel(), minlength=pair_counts.size)
+    return pair_counts.reshape(n_layers, n_experts, n_experts), layer_expert_counts(ids, n_experts)
 
 
 def coactivation(ds: xr.Dataset) -> pd.DataFrame:
@@ -262,17 +424,8 @@ def coactivation(ds: xr.Dataset) -> pd.DataFrame:
         p_j_given_i, p_j (q_j), lift, lift_naive. Pairs i == j are left out.
     """
     n_experts = int(ds.attrs["n_experts"])
-    ids = expert_ids(ds).astype(np.int64)  # (token, layer, slot)
-    n_tokens, n_layers, top_k = ids.shape
-    base = (np.arange(n_layers, dtype=np.int64) * n_experts * n_experts)[None, :]
-    pair_counts = np.zeros(n_layers * n_experts * n_experts, np.int64)
-    for a in range(top_k):
-        for b in range(top_k):
-            if a != b:
-                index = base + ids[:, :, a] * n_experts + ids[:, :, b]
-                pair_counts += np.bincount(index.ravel(), minlength=pair_counts.size)
-    pair_counts = pair_counts.reshape(n_layers, n_experts, n_experts)
-    n_with = layer_expert_counts(ids, n_experts)  # (layer, expert)
+    n_tokens, top_k = ds.sizes["token"], ds.sizes["slot"]
+    pair_counts, n_with = sum_blocks(ds, lambda block: _pair_counts(block, n_experts), ["expert_id"])
     q = n_with / n_tokens
     with np.errstate(divide="ignore", invalid="ignore"):
         conditional = pair_counts / n_with[:, :, None]

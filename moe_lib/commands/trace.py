@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 
@@ -56,13 +57,18 @@ def add_command(subparsers) -> None:
         help="capture every router decision of a model on a texts file into a Zarr store",
         description="Run MODEL on every text, capture each MoE layer's top-k experts and "
         "weights (and optionally the raw router logits), and write a routing trace that "
-        "xarray.open_zarr opens. An interrupted run resumes where it stopped.",
+        "xarray.open_zarr opens. An interrupted run resumes where it stopped. Launched by "
+        "torchrun (`torchrun --nproc-per-node N -m moe_lib trace ...`, several nodes through "
+        "its rendezvous), each rank traces its share of the texts into the same store, which "
+        "equals the one-process trace; a crashed run relaunched the same way resumes.",
     )
     parser.add_argument("model", help="registry name (see `info`), hub id org/name, or a local folder")
     parser.add_argument("--texts", type=Path, required=True, help="one text per line, or .jsonl with a 'text' field")
     parser.add_argument("--out", type=Path, required=True, help="the store to write, e.g. traces/olmoe.zarr")
     parser.add_argument("--max-length", type=int, default=256, help="tokens kept per text (default 256)")
     parser.add_argument("--batch-size", default="auto", help="texts per forward, or 'auto' (default)")
+    parser.add_argument("--chunk-tokens", type=int, default=32768,
+                        help="tokens per Zarr chunk, and per write (default 32768)")
     parser.add_argument("--router-logits", action="store_true", help="also store raw router logits (float16)")
     parser.add_argument("--predictions", action="store_true",
                         help="also store predicted_id, the argmax of the next-token logits at each token")
@@ -75,6 +81,16 @@ def add_command(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
+def launched_by_torchrun() -> bool:
+    """Return whether this process is one rank of several (torchrun sets WORLD_SIZE)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def _rank_device(device: str) -> str:
+    """Return this rank's device: a bare 'cuda' means the GPU of the rank's local index."""
+    return f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if device == "cuda" else device
+
+
 def run(args: argparse.Namespace) -> int:
     from moe_lib.core.trace_store import TraceStoreError, is_trace_store
     from moe_lib.core.traces import choose_batch_size, collect_trace
@@ -85,26 +101,49 @@ def run(args: argparse.Namespace) -> int:
         raise TraceStoreError(f"{args.out} already exists ({what}); nothing was overwritten")
     label_fields = [f for f in args.label_fields.split(",") if f]
     texts, labels = read_texts(args.texts, label_fields)
+    sharded = launched_by_torchrun()
+    device = _rank_device(args.device) if sharded else args.device
     model, tokenizer = load(
-        args.model, revision=args.revision, device=args.device, dtype=args.dtype, device_map=args.device_map
+        args.model, revision=args.revision, device=device, dtype=args.dtype, device_map=args.device_map
     )
     batch_size = (
         choose_batch_size(model, args.max_length, predictions=args.predictions)
         if args.batch_size == "auto"
         else int(args.batch_size)
     )
-    ds = collect_trace(
-        model,
-        tokenizer,
-        texts,
+    options = dict(
         labels=labels,
         max_length=args.max_length,
         batch_size=batch_size,
         router_logits=args.router_logits,
         predictions=args.predictions,
+        chunk_tokens=args.chunk_tokens,
         store=args.out,
         # the name the user gave (registry name, hub id or folder), not the resolved local path
         attrs={"model": args.model, "dataset": args.texts.name, "revision": args.revision or ""},
     )
-    print(f"{args.out}: {ds.sizes['token']} tokens, {ds.sizes['layer']} MoE layers, top-{ds.attrs['top_k']}")
+    if sharded:
+        ds = _run_sharded(model, tokenizer, texts, options)
+    else:
+        ds = collect_trace(model, tokenizer, texts, **options)
+    if not sharded or int(os.environ.get("RANK", "0")) == 0:
+        print(f"{args.out}: {ds.sizes['token']} tokens, {ds.sizes['layer']} MoE layers, top-{ds.attrs['top_k']}")
     return 0
+
+
+def _run_sharded(model, tokenizer, texts, options):
+    """Trace as one rank of torchrun's process group (gloo: only small control messages
+    pass between ranks, the traces go straight to the store)."""
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    from moe_lib.core.sharded import agree_on_min, collect_trace_sharded
+
+    # Ranks wait for the slowest at the end: a day, not the default 30 minutes.
+    dist.init_process_group("gloo", timeout=timedelta(days=1))
+    try:
+        options["batch_size"] = agree_on_min(options["batch_size"])  # 'auto' may differ per GPU
+        return collect_trace_sharded(model, tokenizer, texts, **options)
+    finally:
+        dist.destroy_process_group()

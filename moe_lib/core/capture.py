@@ -41,6 +41,15 @@ class RoutingRecord:
     weight: np.ndarray  # (token, layer, slot) float32, as the layer used them
     router_logits: np.ndarray | None  # (token, layer, expert) float32, raw
     shared_gate: np.ndarray | None  # (token, layer) float32, sigmoid of the shared gate
+    # A CUDA event the arrays are complete after, when popped with ``non_blocking=True``.
+    ready: object = None
+
+    def wait(self) -> RoutingRecord:
+        """Block until the arrays hold their values (a no-op unless copied without blocking)."""
+        if self.ready is not None:
+            self.ready.synchronize()
+            self.ready = None
+        return self
 
 
 def find_moe_layers(model: torch.nn.Module, family: Family) -> list[int]:
@@ -180,8 +189,13 @@ class RoutingCapture(HookSet):
         # (token, layer, ...): calls concatenate along token, layers stack in order
         return torch.stack([torch.cat(per_layer[layer]) for layer in self.layers], dim=1)
 
-    def pop(self) -> RoutingRecord:
-        """Return everything recorded since the last pop, slots sorted by weight, and clear."""
+    def pop(self, non_blocking: bool = False) -> RoutingRecord:
+        """Return everything recorded since the last pop, slots sorted by weight, and clear.
+
+        ``non_blocking=True`` on a CUDA model copies into pinned host memory without waiting
+        for the device: the forward of the next batch can be queued at once, and the
+        record's :meth:`RoutingRecord.wait` must be called before its arrays are read.
+        """
         ids, weights = self._stack("expert_id"), self._stack("weight")
         if ids is None:
             raise CaptureError("nothing recorded: run a forward pass inside the capture")
@@ -193,6 +207,8 @@ class RoutingCapture(HookSet):
         order = weights.argsort(dim=-1, descending=True, stable=True)
         weights = weights.gather(-1, order)
         ids = ids.gather(-1, order)
+        if non_blocking and ids.is_cuda:
+            return self._pop_to_pinned(ids, weights, logits, shared)
         return RoutingRecord(
             layers=list(self.layers),
             expert_id=ids.to("cpu", torch.int64).numpy().astype(EXPERT_ID_DTYPE),
@@ -200,6 +216,30 @@ class RoutingCapture(HookSet):
             router_logits=None if logits is None else logits.float().cpu().numpy(),
             shared_gate=None if shared is None else shared.cpu().numpy(),
         )
+
+    def _pop_to_pinned(self, ids, weights, logits, shared) -> RoutingRecord:
+        """Copy device tensors into pinned host tensors without blocking; see :meth:`pop`."""
+
+        def host(tensor: torch.Tensor | None) -> np.ndarray | None:
+            if tensor is None:
+                return None
+            # torch caches pinned blocks, so a buffer per batch costs no cudaHostAlloc.
+            buffer = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+            buffer.copy_(tensor, non_blocking=True)
+            return buffer.numpy()
+
+        # ids fit int16 (the schema's dtype): converting on the device quarters the copy.
+        expert_id = host(ids.to(torch.int16))
+        record = RoutingRecord(
+            layers=list(self.layers),
+            expert_id=expert_id.view(EXPERT_ID_DTYPE),
+            weight=host(weights),
+            router_logits=host(None if logits is None else logits.float()),
+            shared_gate=host(shared),
+        )
+        record.ready = torch.cuda.Event()
+        record.ready.record()
+        return record
 
 
 def capture(model: torch.nn.Module, router_logits: bool = True) -> RoutingCapture:

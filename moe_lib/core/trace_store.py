@@ -48,6 +48,13 @@ def progress_path(path: str | Path) -> Path:
     return path.with_name(path.name + ".progress.json")
 
 
+def ranks_path(path: str | Path) -> Path:
+    """Return where a sharded write of ``path`` keeps its plan, progress and fragments
+    (``moe_lib.core.sharded``)."""
+    path = Path(path)
+    return path.with_name(path.name + ".ranks")
+
+
 def is_trace_store(path: str | Path) -> bool:
     """Return whether ``path`` holds a Zarr group with an ``expert_id`` array."""
     return (Path(path) / "zarr.json").is_file() and (Path(path) / "expert_id" / "zarr.json").is_file()
@@ -132,6 +139,11 @@ class TraceWriter:
             what = "a trace store" if is_trace_store(self.store) else "not a trace store"
             raise TraceStoreError(f"{self.store} already exists ({what}); nothing was overwritten")
         partial, progress = partial_path(self.store), progress_path(self.store)
+        if ranks_path(self.store).exists():
+            raise TraceStoreError(
+                f"{partial}: an interrupted sharded trace (see {ranks_path(self.store)}); resume it with "
+                "torchrun and the same number of ranks, or delete both to start again"
+            )
         if partial.exists() and progress.is_file() and is_trace_store(partial):
             self._resume(partial, json.loads(progress.read_text()))
         elif partial.exists():

@@ -9,7 +9,9 @@ the buffer, however many texts are traced.
 from __future__ import annotations
 
 import time
+from contextlib import ExitStack, closing
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,7 @@ import xarray as xr
 from tqdm.auto import tqdm
 
 from moe_lib.core.capture import RoutingCapture
+from moe_lib.core.pipeline import BackgroundSink, prefetch
 from moe_lib.core.schema import EXPERT, LAYER, SCHEMA_VERSION, SLOT, TOKEN, check_trace
 from moe_lib.core.trace_store import TraceWriter, open_trace
 from moe_lib.models.families import norm_topk_prob, routed_scaling
@@ -88,6 +91,165 @@ def vocab_size(model) -> int:
     return int(model.config.vocab_size)
 
 
+@dataclass
+class EncodedBatch:
+    """Texts ``first:last`` tokenized, padded on the right, with their token coordinates."""
+
+    first: int
+    last: int
+    input_ids: torch.Tensor  # (batch, width) long, 0 after each text's end
+    attention_mask: torch.Tensor  # (batch, width) long, 1 on real tokens
+    coords: dict[str, np.ndarray]  # (token,) each, padding dropped: seq, pos, token_id, ...
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.coords["seq"])
+
+
+def encode_batches(
+    tokenizer,
+    texts: Sequence[str],
+    batch_size: int,
+    start: int,
+    stop: int | None = None,
+    *,
+    labels: dict[str, list] | None = None,
+    target_spans=None,
+    max_length: int = 256,
+    add_special_tokens: bool = True,
+    pin_memory: bool = False,
+):
+    """Yield an :class:`EncodedBatch` for texts ``start:stop`` in batches of ``batch_size``.
+
+    Batches are cut on the grid of multiples of ``batch_size`` from ``start``, so a resumed
+    or sharded trace starting on that grid runs exactly the batches of a one-process one
+    (and so gets bit-identical results). ``pin_memory`` (CUDA only) lets the copy to the
+    device run without blocking.
+    """
+    stop = len(texts) if stop is None else stop
+    memo: dict[int, str] = {}  # token strings, decoded once per id on this thread only
+    for first, last in _batches(stop, batch_size, start):
+        enc = tokenizer(
+            list(texts[first:last]),
+            truncation=True,
+            max_length=max_length,
+            add_special_tokens=add_special_tokens,
+            return_offsets_mapping=target_spans is not None,
+        )
+        lengths = [len(ids) for ids in enc["input_ids"]]
+        width = max(lengths)
+        input_ids = torch.zeros(len(lengths), width, dtype=torch.long)
+        mask = torch.zeros(len(lengths), width, dtype=torch.long)
+        for row, ids in enumerate(enc["input_ids"]):
+            input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            mask[row, : len(ids)] = 1
+        token_ids = np.concatenate([np.asarray(ids, dtype=np.int64) for ids in enc["input_ids"]])
+        coords = {
+            "seq": np.repeat(np.arange(first, last), lengths),
+            "pos": np.concatenate([np.arange(n) for n in lengths]),
+            "token_id": token_ids.astype(np.int32),
+            "token_str": token_strings(tokenizer, token_ids, memo),
+        }
+        for name, values in (labels or {}).items():
+            coords[name] = np.repeat(np.asarray(values[first:last]), lengths)
+        if target_spans is not None:
+            coords["is_target"] = np.concatenate(
+                [_spans_to_mask(enc["offset_mapping"][row], target_spans[first + row]) for row in range(len(lengths))]
+            )
+        if pin_memory:
+            input_ids, mask = input_ids.pin_memory(), mask.pin_memory()
+        yield EncodedBatch(first, last, input_ids, mask, coords)
+
+
+def text_lengths(tokenizer, texts: Sequence[str], max_length: int, add_special_tokens: bool = True) -> np.ndarray:
+    """Return how many tokens each text keeps after truncation (int64, text,)."""
+    lengths = np.zeros(len(texts), dtype=np.int64)
+    for first in range(0, len(texts), 1024):  # blocks keep the encodings' memory small
+        enc = tokenizer(list(texts[first:first + 1024]), truncation=True, max_length=max_length,
+                        add_special_tokens=add_special_tokens)
+        lengths[first:first + len(enc["input_ids"])] = [len(ids) for ids in enc["input_ids"]]
+    return lengths
+
+
+def run_batches(model, batches, writer, *, router_logits: bool, predictions: bool, bar) -> None:
+    """Run ``model`` on each :class:`EncodedBatch` and hand its routing to ``writer.add``.
+
+    The forward runs on the caller's thread; the batches come from a tokenizing thread
+    ahead of it and the writes happen on a writer thread behind it (``moe_lib.core.pipeline``).
+    On CUDA the routing leaves the device by non-blocking copies into pinned memory.
+    """
+    device = next(model.parameters()).device
+    on_cuda = device.type == "cuda"
+    forward_kwargs = _forward_kwargs(model, predictions)
+
+    def write(item) -> None:
+        batch, record, predicted = item
+        if record is None:  # only empty texts: nothing to route, but they count as done
+            writer.n_texts_done = batch.last
+            bar.update(batch.last - batch.first)
+            return
+        record.wait()
+        keep = batch.attention_mask.flatten().numpy().astype(bool)
+        data = {"expert_id": record.expert_id[keep], "weight": record.weight[keep]}
+        if record.router_logits is not None:
+            data["router_logits"] = record.router_logits[keep]
+        if record.shared_gate is not None:
+            data["shared_gate"] = record.shared_gate[keep]
+        if predicted is not None:
+            data["predicted_id"] = predicted[keep].astype(np.int32)
+        writer.add(record.layers, batch.coords, data, n_texts_done=batch.last)
+        bar.update(batch.last - batch.first)
+
+    with (
+        RoutingCapture(model, router_logits=router_logits) as cap,
+        torch.inference_mode(),
+        BackgroundSink(write, depth=4, name="trace-writer") as sink,
+        ExitStack() as stack,  # closes the tokenizing thread first, also on an error
+    ):
+        ahead = stack.enter_context(closing(prefetch(batches, depth=2, name="trace-tokenizer")))
+        for batch in ahead:
+            if batch.n_tokens == 0:
+                sink.put((batch, None, None))
+                continue
+            output = model(
+                input_ids=batch.input_ids.to(device, non_blocking=on_cuda),
+                attention_mask=batch.attention_mask.to(device, non_blocking=on_cuda),
+                **forward_kwargs,
+            )
+            record = cap.pop(non_blocking=on_cuda)
+            predicted = None
+            if predictions:
+                argmax = output.logits.argmax(dim=-1).flatten()
+                predicted = argmax.to("cpu", non_blocking=on_cuda).numpy()
+                if on_cuda:  # the record's event is recorded after this copy was queued
+                    record.ready = torch.cuda.Event()
+                    record.ready.record()
+            sink.put((batch, record, predicted))
+
+
+def check_texts(texts, labels, target_spans) -> tuple[list[str], dict[str, list]]:
+    """Return the texts and labels as lists, after checking that their lengths agree."""
+    texts = list(texts)
+    labels = {name: list(values) for name, values in (labels or {}).items()}
+    for name, values in labels.items():
+        if len(values) != len(texts):
+            raise ValueError(f"label {name!r} has {len(values)} values for {len(texts)} texts")
+    if target_spans is not None and len(target_spans) != len(texts):
+        raise ValueError(f"target_spans has {len(target_spans)} entries for {len(texts)} texts")
+    if not texts:
+        raise ValueError("no texts to trace")
+    return texts, labels
+
+
+def full_attrs(model, router_logits: bool, predictions: bool, max_length: int, attrs: dict | None) -> dict:
+    """Return every attr of a trace: provenance, settings, the caller's, creation time."""
+    all_attrs = {**trace_attrs(model, router_logits), "max_length": max_length, **(attrs or {})}
+    if predictions:  # the schema checks predicted ids against it
+        all_attrs["vocab_size"] = vocab_size(model)
+    all_attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return all_attrs
+
+
 def collect_trace(
     model,
     tokenizer,
@@ -124,80 +286,24 @@ def collect_trace(
         and return the opened store; None keeps everything in memory.
     chunk_tokens : tokens buffered before each write, and the Zarr chunk length.
     attrs : provenance added to the trace's attrs (dataset name, fingerprint, ...).
-    """
-    texts = list(texts)
-    labels = {name: list(values) for name, values in (labels or {}).items()}
-    for name, values in labels.items():
-        if len(values) != len(texts):
-            raise ValueError(f"label {name!r} has {len(values)} values for {len(texts)} texts")
-    if target_spans is not None and len(target_spans) != len(texts):
-        raise ValueError(f"target_spans has {len(target_spans)} entries for {len(texts)} texts")
-    if not texts:
-        raise ValueError("no texts to trace")
 
-    all_attrs = {**trace_attrs(model, router_logits), "max_length": max_length, **(attrs or {})}
-    if predictions:  # the schema checks predicted ids against it
-        all_attrs["vocab_size"] = vocab_size(model)
-    all_attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    Notes
+    -----
+    Tokenizing runs a few batches ahead and writing a few behind the forward, on threads
+    (``moe_lib.core.pipeline``). Launched by ``torchrun``, the ``trace`` command shards the
+    texts over processes instead: see ``moe_lib.core.sharded``.
+    """
+    texts, labels = check_texts(texts, labels, target_spans)
+    all_attrs = full_attrs(model, router_logits, predictions, max_length, attrs)
     writer = TraceWriter(store, all_attrs, chunk_tokens=chunk_tokens, logits_dtype=logits_dtype)
     start = writer.n_texts_done
-    device = next(model.parameters()).device
-    forward_kwargs = _forward_kwargs(model, predictions)
-    memo: dict[int, str] = {}
-
-    bar = tqdm(total=len(texts), initial=start, desc="trace", unit="text", disable=not progress)
-    with RoutingCapture(model, router_logits=router_logits) as cap, torch.inference_mode():
-        for first, last in _batches(len(texts), batch_size, start):
-            enc = tokenizer(
-                texts[first:last],
-                truncation=True,
-                max_length=max_length,
-                add_special_tokens=add_special_tokens,
-                return_offsets_mapping=target_spans is not None,
-            )
-            lengths = [len(ids) for ids in enc["input_ids"]]
-            width = max(lengths)
-            if width == 0:  # only empty texts: they have no tokens to route
-                writer.n_texts_done = last
-                bar.update(last - first)
-                continue
-            input_ids = torch.zeros(len(lengths), width, dtype=torch.long)
-            mask = torch.zeros(len(lengths), width, dtype=torch.long)
-            for row, ids in enumerate(enc["input_ids"]):
-                input_ids[row, : len(ids)] = torch.tensor(ids)
-                mask[row, : len(ids)] = 1
-            output = model(input_ids=input_ids.to(device), attention_mask=mask.to(device), **forward_kwargs)
-            record = cap.pop()
-
-            keep = mask.flatten().numpy().astype(bool)
-            seqs = np.arange(first, last)
-            token_ids = input_ids.flatten().numpy()[keep]
-            coords = {
-                "seq": np.repeat(seqs, lengths),
-                "pos": np.concatenate([np.arange(n) for n in lengths]),
-                "token_id": token_ids.astype(np.int32),
-                "token_str": token_strings(tokenizer, token_ids, memo),
-            }
-            for name, values in labels.items():
-                coords[name] = np.repeat(np.asarray(values[first:last]), lengths)
-            if target_spans is not None:
-                coords["is_target"] = np.concatenate(
-                    [
-                        _spans_to_mask(enc["offset_mapping"][row], target_spans[first + row])
-                        for row in range(len(lengths))
-                    ]
-                )
-            data = {"expert_id": record.expert_id[keep], "weight": record.weight[keep]}
-            if record.router_logits is not None:
-                data["router_logits"] = record.router_logits[keep]
-            if record.shared_gate is not None:
-                data["shared_gate"] = record.shared_gate[keep]
-            if predictions:
-                predicted = output.logits.argmax(dim=-1).flatten().cpu().numpy()
-                data["predicted_id"] = predicted[keep].astype(np.int32)
-            writer.add(record.layers, coords, data, n_texts_done=last)
-            bar.update(last - first)
-    bar.close()
+    on_cuda = next(model.parameters()).device.type == "cuda"
+    batches = encode_batches(
+        tokenizer, texts, batch_size, start, labels=labels, target_spans=target_spans,
+        max_length=max_length, add_special_tokens=add_special_tokens, pin_memory=on_cuda,
+    )
+    with tqdm(total=len(texts), initial=start, desc="trace", unit="text", disable=not progress) as bar:
+        run_batches(model, batches, writer, router_logits=router_logits, predictions=predictions, bar=bar)
     return check_trace(writer.finish())
 
 
