@@ -15,48 +15,133 @@ from plotnine import (
     element_text,
     facet_wrap,
     geom_boxplot,
-    geom_col,
     geom_hline,
     geom_line,
     geom_linerange,
-    geom_path,
     geom_point,
     geom_pointrange,
     geom_segment,
     geom_text,
     geom_tile,
     ggplot,
+    guide_colorbar,
     guide_legend,
     guides,
     labs,
-    scale_colour_brewer,
-    scale_colour_cmap_d,
+    scale_colour_identity,
+    scale_colour_manual,
     scale_fill_cmap,
+    scale_fill_gradient2,
     scale_linetype_manual,
     scale_size_continuous,
     scale_x_continuous,
+    scale_x_discrete,
     scale_y_continuous,
     theme,
     theme_bw,
 )
+from plotnine.options import set_option
 
-# Layers are ordered by absolute index and coloured along viridis, experts by index.
-LAYER_CMAP = "viridis"
-HEATMAP_CMAP = "viridis"
-# A qualitative palette for meanings and domains (a handful of values per figure).
-LABEL_PALETTE = "Set1"
+# -- sizes ------------------------------------------------------------------------------------
+# A figure's PNG is as many pixels wide as the page shows it, so its text is drawn at the size
+# it is read: at 96 dots per inch an inch is 96 CSS pixels and a point 1.33 px. The site's
+# text column is about 700 px wide at a 1280 px window (Quarto's docked sidebar and margin
+# table of contents); a wide figure takes the column and the right margin (``column:
+# page-right``, about 930 px). The smallest text, axis labels at 0.8 x 11 pt, is 11.7 px.
+SITE_DPI = 96
+COLUMN_WIDTH = 7.0  # inches: 672 px
+PAGE_WIDTH = 9.5  # inches: 912 px, for cells with `#| column: page-right`
+BASE_SIZE = 11  # points
+DEFAULT_HEIGHT = 4.2  # inches
+
+# -- colours ----------------------------------------------------------------------------------
+# Okabe and Ito's colour-blind-safe qualitative palette, less its yellow (invisible on white),
+# then three darker extras for labels with many values.
+LABEL_COLOURS = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#56B4E9", "#E69F00", "#000000",
+                 "#882255", "#44AA99", "#999933"]
+SEQUENTIAL_CMAP = "viridis"  # shares from 0 to 1 (perceptually even, colour-blind safe)
+# Ratios diverge around 1 on a log2 scale: under-use blue, over-use red (ColorBrewer RdBu).
+UNDER, EVEN, OVER = "#2166AC", "#F7F7F7", "#B2182B"
+RATIO_LIMIT = 8  # ratios beyond 1/8 and 8 are drawn at the end of the scale
 OBSERVED_VS_CHANCE = {"observed": "solid", "chance": "dashed"}
+GUIDE_GREY = "#636363"
+COLOUR_BAR_LENGTH = 200  # points: the length of a horizontal colour bar with seven labels
 
 
-def theme_moe(base_size: float = 10) -> theme:
-    """Return the project theme: ``theme_bw`` with light facet strips and the legend below."""
+def use_site_format() -> None:
+    """Make plotnine draw figures as the site shows them: PNGs at :data:`SITE_DPI`, one pixel
+    per CSS pixel. Without it plotnine assumes "retina" under Quarto (it cannot tell ``png``
+    from ``retina``), halves Quarto's dpi and the page shows the PNG at half its width."""
+    set_option("figure_format", "png")
+    set_option("dpi", SITE_DPI)
+    set_option("figure_size", (COLUMN_WIDTH, DEFAULT_HEIGHT))
+
+
+def theme_moe(base_size: float = BASE_SIZE) -> theme:
+    """Return the project theme: ``theme_bw`` with light facet strips, the legend below, and
+    the site's size and dpi (a figure as wide as the text column)."""
     return theme_bw(base_size=base_size) + theme(
         strip_background=element_rect(fill="#f0f0f0", colour="#bdbdbd"),
         strip_text=element_text(size=base_size * 0.9),
         panel_grid_minor=element_blank(),
         legend_position="bottom",
-        figure_size=(7, 4),
+        legend_box="vertical",  # legends stacked, not side by side past the figure's edges
+        figure_size=(COLUMN_WIDTH, DEFAULT_HEIGHT),
+        dpi=SITE_DPI,
     )
+
+
+def size(height: float = DEFAULT_HEIGHT, wide: bool = False) -> theme:
+    """Return the theme override for a figure ``height`` inches tall, as wide as the text
+    column or, with ``wide``, as the column and the right margin (give its cell
+    ``#| column: page-right``)."""
+    return theme(figure_size=(PAGE_WIDTH if wide else COLUMN_WIDTH, height))
+
+
+def figure_width_px(wide: bool = False) -> int:
+    """Return the width in pixels of a column (or wide) figure on the page and in its PNG."""
+    return round((PAGE_WIDTH if wide else COLUMN_WIDTH) * SITE_DPI)
+
+
+def sampled_colours(cmap: str, n: int, stop: float = 0.85) -> list[str]:
+    """Return ``n`` colours spread along a matplotlib colormap up to ``stop`` (viridis's light
+    yellow end is left out: lines in it vanish on white)."""
+    from matplotlib import colormaps
+    from matplotlib.colors import to_hex
+
+    colours = colormaps[cmap]
+    return [to_hex(colours(v)) for v in np.linspace(0, stop, max(n, 1))]
+
+
+def scale_colour_label(name: str | None = None):
+    """Return the colour scale for labels (domains, meanings, measures): colour-blind safe."""
+    return scale_colour_manual(values=LABEL_COLOURS, name=name)
+
+
+def log2_ratio(values, limit: float = RATIO_LIMIT) -> np.ndarray:
+    """Return log2 of ratios clipped to [1/limit, limit] (a zero ratio, an unused expert,
+    sits at the low end instead of at minus infinity)."""
+    return np.log2(np.clip(np.asarray(values, dtype=float), 1 / limit, limit))
+
+
+def ratio_labels(limit: float = RATIO_LIMIT) -> tuple[list[int], list[str]]:
+    """Return the breaks (log2) and labels of a ratio scale: "≤1/8", "1/4", ..., "1", ..., "≥8"."""
+    top = int(np.log2(limit))
+    breaks = list(range(-top, top + 1))
+    fractions = {2: "\u00bd", 4: "\u00bc", 8: "\u215b"}  # ½ ¼ ⅛: short enough for a colour bar
+    labels = [fractions.get(2 ** -b, f"1/{2 ** -b}") if b < 0 else f"{2 ** b}" for b in breaks]
+    labels[0], labels[-1] = "≤" + labels[0], "≥" + labels[-1]
+    return breaks, labels
+
+
+def scale_fill_ratio(name: str, limit: float = RATIO_LIMIT):
+    """Return a diverging fill scale for ``log2_ratio`` values: blue below 1, white at 1, red above."""
+    breaks, labels = ratio_labels(limit)
+    # a long bar, so that seven labels fit under it (the guide's own theme: the plot's
+    # theme, added after the scale, would override a setting made here)
+    long_bar = guide_colorbar(theme=theme(legend_key_width=COLOUR_BAR_LENGTH))
+    return scale_fill_gradient2(low=UNDER, mid=EVEN, high=OVER, midpoint=0, limits=(breaks[0], breaks[-1]),
+                                breaks=breaks, labels=labels, name=name, guide=long_bar)
 
 
 def as_layer_factor(values) -> pd.Categorical:
@@ -66,15 +151,22 @@ def as_layer_factor(values) -> pd.Categorical:
     return pd.Categorical(values.astype(str), categories=order.astype(str), ordered=True)
 
 
-def scale_colour_layer():
-    """Return the fixed colour scale for layers (apply to ``as_layer_factor`` values)."""
-    return scale_colour_cmap_d(LAYER_CMAP, name="MoE layer")
+def scale_colour_layer(n_layers: int):
+    """Return the fixed colour scale for layers (apply to ``as_layer_factor`` values): viridis
+    from dark to green, never its light yellow end."""
+    return scale_colour_manual(values=sampled_colours(SEQUENTIAL_CMAP, n_layers), name="MoE layer")
+
+
+def expert_breaks(n_experts: int, n_labels: int = 4) -> list[int]:
+    """Return about ``n_labels`` expert indices to label on an axis (0, 4, 8, 12 of 16): a
+    label per expert runs together in a panel a quarter of the page wide."""
+    step = max(1, int(np.ceil(n_experts / n_labels)))
+    return list(range(0, n_experts, step))
 
 
 def scale_x_expert(n_experts: int):
     """Return an x scale with expert indices in order, labelled at a readable spacing."""
-    step = max(1, int(np.ceil(n_experts / 16)))
-    return scale_x_continuous(breaks=list(range(0, n_experts, step)), expand=(0, 0.5))
+    return scale_x_continuous(breaks=expert_breaks(n_experts), expand=(0, 0.5))
 
 
 def scale_x_layer(layers):
@@ -103,13 +195,13 @@ def observed_vs_chance_plot(long: pd.DataFrame, y_title: str, colour: str | None
         ggplot(long, mapping)
         + geom_line()
         + geom_point()
-        + scale_linetype_manual(values=OBSERVED_VS_CHANCE, name="")
+        + scale_linetype_manual(values=OBSERVED_VS_CHANCE, name="Line")
         + scale_x_layer(long["layer"])
         + labs(x=x_title, y=y_title)
         + theme_moe()
     )
     if colour:
-        figure += scale_colour_brewer(type="qual", palette=LABEL_PALETTE, name="" if colour == "measure" else colour)
+        figure += scale_colour_label(colour.replace("_", " ").capitalize())
     return figure
 
 
@@ -131,16 +223,23 @@ def weight_by_slot_plot(table: pd.DataFrame) -> ggplot:
 
 
 def expert_load_plot(load: pd.DataFrame) -> ggplot:
-    """Return bars of each expert's share of assignments per layer, from ``expert_load``,
-    with the uniform share 1/E dashed."""
+    """Return each expert's load over the uniform share 1/E per layer, from ``expert_load``,
+    on a log2 scale around 1 (the dashed line): an expert at half its share sits as far
+    below the line as one at twice its share sits above; a dead expert at the bottom."""
     n_experts = int(load["expert"].max()) + 1
+    data = load.assign(log2_ratio=log2_ratio(load["share"] / load["uniform_share"]),
+                       side=lambda t: np.where(t["log2_ratio"] < 0, "under", "over"))
+    breaks, labels = ratio_labels()
     return (
-        ggplot(load, aes(x="expert", y="share"))
-        + geom_col(fill="#3182bd")
-        + geom_hline(aes(yintercept="uniform_share"), linetype="dashed", colour="#636363")
+        ggplot(data, aes(x="expert", y="log2_ratio", colour="side"))
+        + geom_hline(yintercept=0, linetype="dashed", colour=GUIDE_GREY)
+        + geom_segment(aes(xend="expert", yend=0))
+        + geom_point(size=1.2)
         + facet_wrap("layer", labeller="label_both")
         + scale_x_expert(n_experts)
-        + labs(x="Expert (index)", y="Share of the layer's assignments")
+        + scale_y_continuous(breaks=breaks, labels=labels, limits=(breaks[0], breaks[-1]))
+        + scale_colour_manual(values={"under": UNDER, "over": OVER}, guide=None)
+        + labs(x="Expert (index)", y="Load over the uniform share (log2)")
         + theme_moe()
     )
 
@@ -190,46 +289,55 @@ def saturation_plot(table: pd.DataFrame, x: str = "checkpoint", x_title: str = "
         + geom_point(size=1)
         + geom_line(data=chance, linetype="dashed")
         + facet_wrap("measure")
-        + scale_colour_layer()
+        + scale_colour_layer(long["layer"].nunique())
         + scale_y_continuous(limits=(0, 1))
         + labs(x=x_title, y="Saturation (share of the final choice)")
         + theme_moe()
     )
 
 
-def expert_polar_plot(distribution: pd.DataFrame, layer: int) -> ggplot:
-    """Return radial bars of a token's expert distribution, one panel per checkpoint.
+def tokens_label(n_tokens: float) -> str:
+    """Return a count of training tokens as the axis shows it: "41k", "1.2M"."""
+    n = float(n_tokens)
+    if n >= 1e6:
+        return f"{n / 1e6:.3g}M"
+    return f"{n / 1e3:.3g}k" if n >= 1e3 else f"{n:.0f}"
 
-    plotnine has no ``coord_polar``: expert e is drawn as a segment from the centre at
-    angle 2 pi e / E (expert 0 at the top, clockwise), its length the share of the token's
-    occurrences sent there; the dotted circle marks the uniform share 1/E.
-    Input: ``token_expert_distribution`` rows (one token id).
+
+def shown_token(text: str) -> str:
+    """Return a token for a figure's title: in curly quotes, its spaces shown as ␣."""
+    return "\u201c" + str(text).replace(" ", "\u2423").replace("\n", "\\n") + "\u201d"
+
+
+def token_experts_through_training(distribution: pd.DataFrame, layer: int) -> ggplot:
+    """Return a heatmap of one token's expert distribution at every checkpoint: experts up,
+    checkpoints across (training tokens), the share of the token's occurrences whose top-1
+    expert it is as the fill, the values over 0.2 printed. Facet it by model.
+
+    Input: ``token_expert_distribution`` rows of one token id (any number of models).
     """
     data = distribution[distribution["layer"] == layer].copy()
     if data["token_id"].nunique() != 1:
-        raise ValueError(f"expert_polar_plot draws one token; got token ids {sorted(data['token_id'].unique())}")
+        raise ValueError(f"token_experts_through_training draws one token; got token ids "
+                         f"{sorted(data['token_id'].unique())}")
+    order = sorted(data["checkpoint"].unique())
+    data["tokens"] = pd.Categorical(data["checkpoint"].map(tokens_label), categories=[tokens_label(c) for c in order],
+                                    ordered=True)
+    data["text"] = np.where(data["share"] >= 0.2, data["share"].map(lambda v: f"{v:.1f}"), "")
+    data["text_colour"] = np.where(data["share"] > 0.6, "black", "white")
     n_experts = int(data["expert"].max()) + 1
-    angle = 2 * np.pi * data["expert"] / n_experts
-    data["x"], data["y"] = data["share"] * np.sin(angle), data["share"] * np.cos(angle)
-    data["checkpoint"] = pd.Categorical(data["checkpoint"], categories=pd.unique(data["checkpoint"]))
-    theta = np.linspace(0, 2 * np.pi, 100)
-    circle = pd.DataFrame({"x": np.sin(theta) / n_experts, "y": np.cos(theta) / n_experts})
-    # Expert indices just outside the longest bar, so each direction can be read.
-    radius = 1.12 * data["share"].max()
-    ticks = pd.DataFrame({"expert": np.arange(n_experts)})
-    ticks["x"] = radius * np.sin(2 * np.pi * ticks["expert"] / n_experts)
-    ticks["y"] = radius * np.cos(2 * np.pi * ticks["expert"] / n_experts)
     return (
-        ggplot(data)
-        + geom_path(aes("x", "y"), data=circle, linetype="dotted", colour="#969696")
-        + geom_segment(aes(x=0, y=0, xend="x", yend="y"), colour="#08519c", size=1.2)
-        + geom_text(aes("x", "y", label="expert"), data=ticks, size=6, colour="#636363")
-        + facet_wrap("checkpoint", labeller="label_both")
-        + coord_fixed()
-        + labs(x="", y="", title=f"Token {data['token_str'].iloc[0]!r}, layer {layer}: share per expert "
-               "(angle = expert index, length = share)")
+        ggplot(data, aes(x="tokens", y="expert", fill="share"))
+        + geom_tile()
+        + geom_text(aes(label="text", colour="text_colour"), size=7)
+        + scale_colour_identity()
+        + scale_fill_cmap(SEQUENTIAL_CMAP, limits=(0, 1), name="Share of the token's occurrences")
+        + scale_y_continuous(breaks=expert_breaks(n_experts, 8), expand=(0, 0))
+        + scale_x_discrete(expand=(0, 0))
+        + labs(x="Training tokens (checkpoint)", y="Top-1 expert (index)",
+               title=f"Token {shown_token(data['token_str'].iloc[0])}, MoE layer {layer}")
         + theme_moe()
-        + theme(axis_text=element_blank(), axis_ticks=element_blank(), panel_grid=element_blank())
+        + theme(axis_text_x=element_text(rotation=45, ha="right"), panel_grid=element_blank())
     )
 
 
@@ -246,9 +354,9 @@ def meaning_flow_plot(flow: pd.DataFrame, min_share: float = 0.02) -> ggplot:
         + facet_wrap("meaning")
         + scale_size_continuous(range=(0.3, 3))
         + scale_x_layer(flow["layer"].tolist() + flow["next_layer"].tolist())
-        + scale_colour_brewer(type="qual", palette=LABEL_PALETTE)
-        + scale_y_continuous(breaks=list(range(0, n_experts, max(1, n_experts // 8))))
-        + labs(x="MoE layer (index)", y="Top-1 expert (index)", size="Share of the meaning's occurrences")
+        + scale_colour_manual(values=LABEL_COLOURS, guide=None)  # the panels name the meanings
+        + scale_y_continuous(breaks=expert_breaks(n_experts, 8))
+        + labs(x="MoE layer (index)", y="Top-1 expert (index)", size="Share of occurrences")
         + theme_moe()
     )
 
@@ -280,18 +388,29 @@ def path_heatmap(windows: pd.DataFrame, value: str = "normalised_entropy") -> gg
         "coverage_top50": "Share of tokens on the top 50 % of paths",
         "n_paths_seen": "Distinct paths seen (count)",
     }
-    data = windows.assign(text=windows[value].map(lambda v: f"{v:.2g}"))
+    data = windows.assign(text=windows[value].map(lambda v: f"{v:.2g}"),
+                          text_colour=text_colour_on(windows[value]))
     return (
         ggplot(data, aes(x="first_layer", y="length", fill=value))
         + geom_tile()
-        + geom_text(aes(label="text"), size=7, colour="white")
-        + scale_fill_cmap(HEATMAP_CMAP, name=titles.get(value, value))
+        + geom_text(aes(label="text", colour="text_colour"), size=8)
+        + scale_colour_identity()
+        + scale_fill_cmap(SEQUENTIAL_CMAP, name=titles.get(value, value))
         # both axes count layers: breaks at the tiles, never the default half-integers
         + scale_x_layer(data["first_layer"])
         + scale_y_continuous(breaks=sorted({int(v) for v in data["length"]}))
         + labs(x="First layer of the window (index)", y="Window length (MoE layers)")
         + theme_moe()
     )
+
+
+def text_colour_on(values) -> np.ndarray:
+    """Return "black" or "white" for text printed on viridis tiles of ``values`` (scaled over
+    their own range, as the fill is): black on the light upper part, white on the dark."""
+    values = np.asarray(values, dtype=float)
+    low, high = np.nanmin(values), np.nanmax(values)
+    scaled = (values - low) / (high - low) if high > low else np.zeros_like(values)
+    return np.where(scaled > 0.55, "black", "white")
 
 
 def route_map_plot(table: pd.DataFrame, colour: str = "domain") -> ggplot:
@@ -301,7 +420,7 @@ def route_map_plot(table: pd.DataFrame, colour: str = "domain") -> ggplot:
         ggplot(table, aes(x="x", y="y", colour=colour))
         + geom_point(size=0.6, alpha=0.5, stroke=0)
         + facet_wrap("~model", scales="free")
-        + scale_colour_brewer(type="qual", palette=LABEL_PALETTE, name=colour.capitalize())
+        + scale_colour_label(colour.capitalize())
         + guides(colour=guide_legend(override_aes={"size": 3, "alpha": 1}))  # legible keys
         + labs(x="UMAP 1", y="UMAP 2")
         + theme_moe()
@@ -311,13 +430,15 @@ def route_map_plot(table: pd.DataFrame, colour: str = "domain") -> ggplot:
 
 def domain_share_heatmap(share: pd.DataFrame, layer: int, label: str = "domain") -> ggplot:
     """Return a heatmap of each expert's share of a label value's tokens over the uniform
-    share k/E (1 = no preference), for one layer, from ``domain_expert_share``."""
+    share k/E (1 = no preference), for one layer, from ``domain_expert_share``: log2 scale,
+    white at 1, blue for under-use, red for over-use."""
     data = share[share["layer"] == layer]
+    data = data.assign(log2_ratio=log2_ratio(data["ratio"]))
     n_experts = int(data["expert"].max()) + 1
     return (
-        ggplot(data, aes(x="expert", y=label, fill="ratio"))
+        ggplot(data, aes(x="expert", y=label, fill="log2_ratio"))
         + geom_tile()
-        + scale_fill_cmap(HEATMAP_CMAP, name="Share over uniform k/E")
+        + scale_fill_ratio("Share over uniform k/E")
         + scale_x_expert(n_experts)
         + labs(x="Expert (index)", y=label.capitalize(), title=f"Layer {layer}")
         + theme_moe()
@@ -328,7 +449,7 @@ def tv_distance_plot(table: pd.DataFrame, label: str = "domain") -> ggplot:
     """Return each label value's TV distance from the pooled routing per layer, with the
     shuffled-label baseline dashed, from ``domain_tv_distance``."""
     long = observed_and_chance(table, {"TV distance": ("tv_distance", "tv_shuffled")})
-    return observed_vs_chance_plot(long, "Total-variation distance from pooled (0-1)", colour=label)
+    return observed_vs_chance_plot(long, "TV distance from pooled (0-1)", colour=label)
 
 
 def vocabulary_specialization_plot(table: pd.DataFrame) -> ggplot:
@@ -342,7 +463,7 @@ def vocabulary_specialization_plot(table: pd.DataFrame) -> ggplot:
     )
     summary[["observed", "chance"]] = summary[["observed", "chance"]].div(summary["weight"], axis=0)
     long = observed_and_chance(summary, {"Vocabulary specialization": ("observed", "chance")})
-    return observed_vs_chance_plot(long, "Share of a token id's occurrences on its top expert")
+    return observed_vs_chance_plot(long, "Share on the id's top expert")
 
 
 def coactivation_heatmap(table: pd.DataFrame, layer: int, value: str = "p_j_given_i") -> ggplot:
@@ -350,15 +471,19 @@ def coactivation_heatmap(table: pd.DataFrame, layer: int, value: str = "p_j_give
     ``coactivation``; the diagonal is empty."""
     data = table[table["layer"] == layer]
     n_experts = int(max(data["expert_i"].max(), data["expert_j"].max())) + 1
-    title = {"p_j_given_i": "P(expert j | expert i)", "lift": "Lift over independence"}.get(value, value)
+    if value == "lift":  # a ratio: log2, diverging at 1
+        data = data.assign(fill=log2_ratio(data["lift"]))
+        fill = scale_fill_ratio("Lift over independence")
+    else:
+        data = data.assign(fill=data[value])
+        fill = scale_fill_cmap(SEQUENTIAL_CMAP, name={"p_j_given_i": "P(expert j | expert i)"}.get(value, value))
     return (
-        ggplot(data, aes(x="expert_j", y="expert_i", fill=value))
+        ggplot(data, aes(x="expert_j", y="expert_i", fill="fill"))
         + geom_tile()
-        + scale_fill_cmap(HEATMAP_CMAP, name=title)
+        + fill
         + scale_x_expert(n_experts)
-        + scale_y_continuous(breaks=list(range(0, n_experts, max(1, int(np.ceil(n_experts / 16))))))
+        + scale_y_continuous(breaks=expert_breaks(n_experts), expand=(0, 0.5))
         + coord_fixed()
         + labs(x="Expert j (index)", y="Expert i (index)", title=f"Layer {layer}")
         + theme_moe()
-        + theme(figure_size=(5.5, 5.5))
     )

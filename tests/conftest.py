@@ -40,3 +40,46 @@ def tokenizer():
     from moe_lib.models.tiny import tiny_tokenizer
 
     return tiny_tokenizer()
+
+
+class TinySite:
+    """The site's pages executed on the tiny models from an empty cache, each page once per
+    session (the chapter tests and the browser tests share the runs)."""
+
+    MODELS = ("standard-tiny", "cross-layer-tiny")
+
+    def __init__(self, root):
+        self.root = root
+        self._executed = {}
+
+    def parameters(self, page) -> dict:
+        from chapter_runner import PROJECT_ROOT
+
+        parameters = {"models": list(self.MODELS)}
+        if "mmlu_source" in page.read_text():
+            # a fresh clone has no MMLU download: the committed CSV-layout fixture stands in
+            parameters |= {"mmlu_source": "csv", "mmlu_root": str(PROJECT_ROOT / "tests" / "fixtures" / "mmlu")}
+        return parameters
+
+    def execute(self, page):
+        """Return the executed page (``chapter_runner.Executed``), running it the first time."""
+        import chapter_runner
+
+        if page not in self._executed:
+            self._executed[page] = chapter_runner.execute(page, self.parameters(page))
+        return self._executed[page]
+
+
+@pytest.fixture(scope="session")
+def tiny_site(tmp_path_factory):
+    """An empty cache and models folder, a small corpus to train the tiny models on, and
+    the pages executed there (:class:`TinySite`)."""
+    from moe_lib.site.probes import tiny_corpus
+
+    root = tmp_path_factory.mktemp("empty")
+    saved = {k: os.environ.get(k) for k in ("MOE_LIB_CACHE", "MOE_LIB_MODELS", "MOE_LIB_CORPUS")}
+    os.environ.update(MOE_LIB_CACHE=str(root / "cache"), MOE_LIB_MODELS=str(root / "models"),
+                      MOE_LIB_CORPUS=str(tiny_corpus(root / "corpus")))
+    yield TinySite(root)
+    for key, value in saved.items():
+        os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)

@@ -44,7 +44,7 @@ def test_weight_by_slot_boxplot_faceted_by_layer(trace):
 
 def test_load_entropy_and_consecutive_figures(trace):
     load = plots.expert_load_plot(distribution.expert_load(trace))
-    assert load.mapping["y"] == "share" and load.facet.vars == ["layer"]
+    assert load.mapping["y"] == "log2_ratio" and load.facet.vars == ["layer"]
     entropy = plots.router_entropy_plot(distribution.router_entropy(trace))
     assert "full router distribution" in entropy.labels.y
     consecutive = plots.consecutive_routing_plot(distribution.consecutive_routing(trace))
@@ -59,13 +59,11 @@ def test_saturation_and_polar_figures(trace):
     assert figure.mapping["color"] == "layer" and figure.data["layer"].cat.ordered
     drawn(figure)
     dist = saturation.token_expert_distribution(checkpoints, [3])
-    polar = plots.expert_polar_plot(dist, layer=1)
-    # Segment length is the share: the radius sqrt(x^2 + y^2) gives it back.
-    np.testing.assert_allclose(np.hypot(polar.data["x"], polar.data["y"]), polar.data["share"])
-    assert polar.facet.vars == ["checkpoint"]
-    drawn(polar)
+    heat = plots.token_experts_through_training(dist, layer=1)
+    assert heat.mapping["fill"] == "share" and list(heat.data["tokens"].cat.categories) == ["1k", "2k"]
+    drawn(heat)
     with pytest.raises(ValueError, match="one token"):
-        plots.expert_polar_plot(saturation.token_expert_distribution(checkpoints, [3, 4]), layer=1)
+        plots.token_experts_through_training(saturation.token_expert_distribution(checkpoints, [3, 4]), layer=1)
 
 
 def test_crosslayer_figures(trace):
@@ -82,7 +80,7 @@ def test_path_and_specialization_heatmaps(trace):
     heat = plots.path_heatmap(paths.path_windows(trace), "coverage_top10")
     assert heat.mapping["fill"] == "coverage_top10" and len(heat.data) == 6
     share = plots.domain_share_heatmap(specialization.domain_expert_share(trace), layer=2)
-    assert set(share.data["layer"]) == {2} and share.mapping["fill"] == "ratio"
+    assert set(share.data["layer"]) == {2} and share.mapping["fill"] == "log2_ratio"
     tv = plots.tv_distance_plot(specialization.domain_tv_distance(trace, n_permutations=3))
     co = plots.coactivation_heatmap(specialization.coactivation(trace), layer=0, value="lift")
     assert co.mapping["x"] == "expert_j" and len(co.data) == 8 * 7
@@ -133,3 +131,67 @@ def test_route_map_is_one_panel_per_model_coloured_by_the_label():
     figure = plots.route_map_plot(table, "domain")
     assert figure.mapping["color"] == "domain" and figure.facet.vars == ["model"]
     drawn(figure)
+
+
+def png_width(png: bytes) -> int:
+    """Return the width in pixels written in a PNG's header (bytes, or base64 as Jupyter keeps it)."""
+    import base64
+
+    data = base64.b64decode(png) if isinstance(png, str) else png
+    return int.from_bytes(data[16:20], "big")
+
+
+def test_figures_are_drawn_at_the_width_the_page_shows_them(trace):
+    # issue 14: the PNG's pixels are the page's CSS pixels, so text is drawn at its reading size
+    figure = plots.expert_load_plot(distribution.expert_load(trace))
+    buffer = io.BytesIO()
+    figure.save(buffer, format="png", verbose=False)
+    assert png_width(buffer.getvalue()) == plots.figure_width_px() == round(plots.COLUMN_WIDTH * plots.SITE_DPI)
+    wide = figure + plots.size(5, wide=True)
+    buffer = io.BytesIO()
+    wide.save(buffer, format="png", verbose=False)
+    assert png_width(buffer.getvalue()) == plots.figure_width_px(wide=True)
+    # the smallest text, axis labels at 0.8 of the base size, is at least 9 px on screen
+    assert 0.8 * plots.BASE_SIZE * plots.SITE_DPI / 72 >= 9
+
+
+def test_site_format_makes_jupyter_show_pngs_at_their_own_width(trace):
+    from plotnine.options import get_option, set_option
+
+    saved = {name: get_option(name) for name in ("figure_format", "dpi", "figure_size")}
+    try:
+        plots.use_site_format()
+        bundle, metadata = plots.expert_load_plot(distribution.expert_load(trace))._repr_mimebundle_()
+        assert png_width(bundle["image/png"]) == metadata["image/png"]["width"] == plots.figure_width_px()
+    finally:
+        for name, value in saved.items():
+            set_option(name, value)
+
+
+def test_palettes_are_colour_blind_safe_and_never_yellow():
+    from matplotlib.colors import to_rgb
+
+    for colour in plots.LABEL_COLOURS + plots.sampled_colours("viridis", 8):
+        red, green, blue = to_rgb(colour)
+        assert not (red > 0.8 and green > 0.8 and blue < 0.4), f"{colour} is yellow: invisible on white"
+
+
+def test_ratios_are_log2_around_one_and_clipped():
+    np.testing.assert_allclose(plots.log2_ratio([0, 0.5, 1, 2, 100]), [-3, -1, 0, 1, 3])
+    breaks, labels = plots.ratio_labels()
+    assert labels[breaks.index(0)] == "1" and labels[0] == "\u2264\u215b" and labels[-1] == "\u22658"
+
+
+def test_expert_axis_labels_do_not_run_together():
+    assert plots.expert_breaks(16) == [0, 4, 8, 12]
+    assert plots.expert_breaks(4) == [0, 1, 2, 3]
+    assert len(plots.expert_breaks(64)) == 4
+
+
+def test_ratio_heatmaps_diverge_at_one(trace):
+    share = plots.domain_share_heatmap(specialization.domain_expert_share(trace), layer=2)
+    assert share.mapping["fill"] == "log2_ratio"
+    lift = plots.coactivation_heatmap(specialization.coactivation(trace), layer=0, value="lift")
+    assert lift.data["fill"].abs().max() <= 3
+    drawn(share)
+    drawn(lift)

@@ -131,7 +131,11 @@ def test_models_adds_cached_models_but_never_serves_their_foreign_store(workspac
     shutil.copytree(path, tmp_path / "probe-domains-olmoe-1b-7b-0000000000000000.zarr")
     zarr.open_group(tmp_path / "probe-domains-olmoe-1b-7b-0000000000000000.zarr", mode="r+").attrs["model"] = \
         "olmoe-1b-7b"
+    shutil.copytree(path, tmp_path / "probe-domains-standard-default-weakbalance-0000000000000000.zarr")
+    zarr.open_group(tmp_path / "probe-domains-standard-default-weakbalance-0000000000000000.zarr",
+                    mode="r+").attrs["model"] = "standard-default-weakbalance"
     monkeypatch.setenv("MOE_LIB_CACHE", str(tmp_path))
+    # a project run (here the recipe control) shows only where a chapter asks for it
     assert site.models() == [*site.PROJECT_MODELS, "olmoe-1b-7b"]
     assert site.models("olmoe-1b-7b") == ["olmoe-1b-7b"]
     assert site.models(["standard-tiny"]) == ["standard-tiny", "olmoe-1b-7b"]

@@ -56,12 +56,26 @@ def test_grid_summary_by_domain_and_for_multiple_choice():
 
 
 def test_grid_table_puts_the_control_beside_its_condition():
-    table = site_ablations.grid_table(site_ablations.grid_summary(heldout_rows(NLL))).set_index("cell")
-    assert list(table.columns) == ["model", "baseline", "chosen experts", "random control"]
-    assert table.loc["baseline", "baseline"].startswith("2.000 [")
-    assert table.loc["top-1 · all", "chosen experts"].startswith("2.500 (+0.500 [")
-    assert table.loc["top-1 · all", "random control"].startswith("2.100 (+0.100 [")
-    assert table.loc["all k · last:2", "random control"] == ""
+    summary = site_ablations.grid_summary(heldout_rows(NLL))
+    rows = site_ablations.grid_rows(summary).set_index("cell")
+    assert list(rows.index) == ["baseline", "top-1 · all", "all k · last:2"]  # grid order, no jumps
+    assert rows.loc["baseline", "value"] == pytest.approx(2.0)
+    assert rows.loc["top-1 · all", "chosen_delta"] == pytest.approx(0.5)
+    assert rows.loc["top-1 · all", "random_delta"] == pytest.approx(0.1)
+    assert np.isnan(rows.loc["all k · last:2", "random_delta"])  # no control for all k
+    shown = site_ablations.grid_table(summary).frame.set_index("Condition")
+    assert shown.loc["baseline"].iloc[0].startswith("2.000 [")
+    assert shown.loc["top-1 · all"].iloc[1].startswith("+0.500 [")
+    assert shown.loc["top-1 · all"].iloc[2].startswith("+0.100 [")
+    assert shown.loc["all k · last:2"].iloc[2] == ""  # empty, not NaN
+
+
+def test_grid_domain_plot_is_one_tile_per_condition_and_domain():
+    summary = site_ablations.grid_summary(heldout_rows(NLL), by=("domain",))
+    figure = site_ablations.grid_domain_plot(summary)
+    assert figure.mapping["fill"] == "delta" and len(figure.data) == 3 * 2  # 3 conditions, 2 domains
+    assert "\u2212" in "".join(figure.data["text"]) or (figure.data["delta"] >= 0).all()
+    figure.draw()
 
 
 def test_lens_by_layer_weights_domains_by_their_tokens():

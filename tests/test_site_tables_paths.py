@@ -150,8 +150,18 @@ def test_characteristic_summary_lists_tokens_in_rank_order():
                           "token_str": [" b", " a", "c", "z"], "lift": [2.0, 3.0, 1.5, 9.0],
                           "share_of_token": [0.5, 0.7, 0.3, 1.0]})
     row = site_tables.characteristic_summary(table, layer=3, n_top=2).iloc[0]
-    assert row["tokens"] == "' a', ' b'" and row["lifts"] == "3.0, 2.0"
+    assert row["tokens"] == (" a", " b") and row["lifts"] == (3.0, 2.0)
     assert row["share_of_token"] == pytest.approx(0.6)
+
+
+def test_characteristic_summary_keeps_an_expert_without_characteristic_tokens():
+    # issue 14: expert 7 of a model had no token seen often enough, and its row was missing
+    table = pd.DataFrame({"model": "m", "layer": 3, "expert": [1, 2], "rank": 0, "token_str": [" a", "b"],
+                          "lift": [2.0, 3.0], "share_of_token": [0.5, 0.7]})
+    experts = pd.DataFrame({"model": "m", "expert": [0, 1, 2]})
+    summary = site_tables.characteristic_summary(table, layer=3, experts=experts)
+    assert summary["expert"].tolist() == [0, 1, 2]
+    assert summary.loc[0, "tokens"] == () and np.isnan(summary.loc[0, "share_of_token"])
 
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered in divide:RuntimeWarning")  # the constant routes

@@ -116,8 +116,10 @@ def run_mmlu_sample(args: argparse.Namespace) -> int:
 
 
 def run_build(args: argparse.Namespace) -> int:
+    from moe_lib.commands.inputs import require_corpus
     from moe_lib.data import contextual_build
 
+    require_corpus(args.corpus)
     paths = contextual_build.build_all(
         args.corpus, args.out, vocab.load_tokenizer(args.tokenizer), seed=args.seed, n_samples=args.n_samples,
         sources_dir=None if args.corpus_only else args.sources,

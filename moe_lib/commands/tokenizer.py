@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from moe_lib.commands.inputs import require_corpus
 from moe_lib.data.baselines import ngram_baselines
 from moe_lib.data.corpus import read_documents
 from moe_lib.data.tokenizer import DEFAULT_VOCAB_SIZE, save_tokenizer, train_bpe
@@ -63,6 +64,7 @@ def corpus_stats(tokenizer, splits: dict[str, list[dict]]) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    require_corpus(args.corpus)
     splits = {split: read_documents(args.corpus / f"{split}.jsonl")
               for split in ("train", "validation")}
     start = time.perf_counter()

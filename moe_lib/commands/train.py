@@ -36,8 +36,11 @@ def add_command(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from moe_lib.commands.inputs import require_corpus, require_tokenizer
     from moe_lib.training.train import train
 
+    require_corpus(args.corpus)  # a fresh clone has no corpus: say which command builds it
+    require_tokenizer(args.tokenizer)
     if args.threads:
         torch.set_num_threads(args.threads)
     on_checkpoint = None

@@ -339,10 +339,13 @@ def train_tiny(model: str) -> Path:
 
 
 def cached_models() -> list[str]:
-    """Return the models with a domains-probe trace in the cache, tiny test presets excluded."""
+    """Return the models other than the project's own runs with a domains-probe trace in the
+    cache: hub models and saved folders a researcher traced. The project's runs (the
+    defaults, other seeds, the recipe controls, the tiny test presets) are shown only where
+    a chapter asks for them."""
     stores = cache.list_stores()
     names = stores.loc[stores["dataset"] == "probe-domains", "model"]
-    return sorted({m for m in names if m and not m.endswith("-tiny")})
+    return sorted({m for m in names if m and own_recipe(m) is None})
 
 
 def models(requested=None) -> list[str]:

@@ -21,20 +21,26 @@ import numpy as np
 import pandas as pd
 from plotnine import (
     aes,
+    element_text,
     geom_line,
     geom_point,
     geom_segment,
+    geom_text,
+    geom_tile,
     geom_vline,
     ggplot,
     labs,
     position_nudge,
+    scale_colour_identity,
     scale_colour_manual,
+    scale_fill_gradient2,
     scale_x_continuous,
+    theme,
 )
 
 from moe_lib.interventions import ablation, ablation_runs
 from moe_lib.interventions.lens import summarize_lens
-from moe_lib.plots import theme_moe
+from moe_lib.plots import EVEN, OVER, UNDER, theme_moe
 
 BENCHMARKS = ablation_runs.BENCHMARKS
 # Zero-shot MMLU prompts: five solved questions overflow our models' 256 positions.
@@ -224,19 +230,48 @@ def grid_summary(grid: pd.DataFrame, by: tuple[str, ...] = (), seed: int = 0) ->
     return table.assign(measure="accuracy" if is_mmlu else "loss")
 
 
-def grid_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """Return the grid as a wide table, per model and cell: the baseline's value with its 95 %
-    interval, and for the chosen experts and the random control the value, then the paired
-    difference from the baseline with its interval, as text, 3 decimals."""
-    def text(row) -> str:
-        if row["removed"] == "none":
-            return f"{row['value']:.3f} [{row['lo']:.3f}, {row['hi']:.3f}]"
-        return f"{row['value']:.3f} ({row['delta']:+.3f} [{row['delta_lo']:+.3f}, {row['delta_hi']:+.3f}])"
+def grid_rows(summary: pd.DataFrame) -> pd.DataFrame:
+    """Return the grid as one row per model and cell, the random control beside its condition.
 
-    wide = summary.assign(text=summary.apply(text, axis=1)).pivot_table(
-        index=["model", "cell"], columns="removed", values="text", aggfunc="first", observed=True)
-    wide = wide.reindex(columns=[c for c in ("none", "chosen experts", "random control") if c in wide.columns])
-    return wide.fillna("").rename(columns={"none": "baseline"}).reset_index().rename_axis(columns=None)
+    The baseline row holds the score with its 95 % interval (``value``, ``lo``, ``hi``); every
+    other row the chosen experts' score (``value``) and, for the chosen experts and the random
+    control, the paired difference from the baseline with its interval (``chosen_delta``,
+    ``chosen_lo``, ``chosen_hi``, ``random_delta``, ...; NaN where a cell has no control).
+    """
+    keys = ["model", "cell"]
+    base = summary[summary["removed"] == "none"][keys + ["value", "lo", "hi"]]
+    parts = [base]
+    chosen = summary[summary["removed"] == "chosen experts"]
+    random = summary[summary["removed"] == "random control"]
+    rows = chosen[keys + ["value", "delta", "delta_lo", "delta_hi"]].rename(
+        columns={"delta": "chosen_delta", "delta_lo": "chosen_lo", "delta_hi": "chosen_hi"})
+    rows = rows.merge(random[keys + ["delta", "delta_lo", "delta_hi"]].rename(
+        columns={"delta": "random_delta", "delta_lo": "random_lo", "delta_hi": "random_hi"}), on=keys, how="left")
+    parts.append(rows)
+    table = pd.concat(parts, ignore_index=True)
+    order = {cell: i for i, cell in enumerate(summary["cell"].cat.categories)}
+    table["model"] = pd.Categorical(table["model"], categories=summary["model"].cat.categories, ordered=True)
+    table = table.sort_values(["model", "cell"], key=lambda c: c.map(order) if c.name == "cell" else c, kind="stable")
+    return table.assign(cell=table["cell"].astype(str)).reset_index(drop=True)
+
+
+def grid_table(summary: pd.DataFrame):
+    """Return :func:`grid_rows` typeset for the page: per model, the condition, its score
+    (the baseline's with its 95 % interval), and the chosen experts' and the random
+    control's difference from the baseline as "+0.50 [0.41, 0.60]"."""
+    from moe_lib.site.typeset import Column, Interval, table
+
+    is_mmlu = summary["measure"].iloc[0] == "accuracy"
+    score, unit = ("Accuracy", "") if is_mmlu else ("Loss", " (nats/token)")
+    rows = grid_rows(summary)
+    return table(rows, {
+        "cell": Column("Condition", kind="text"),
+        "value": Interval(f"{score}{unit}", "lo", "hi", decimals=3),
+        "chosen_delta": Interval(f"Chosen experts removed: Δ {score.lower()} [95 % CI]", "chosen_lo", "chosen_hi",
+                                 decimals=3, sign=True),
+        "random_delta": Interval(f"Random control: Δ {score.lower()} [95 % CI]", "random_lo", "random_hi",
+                                 decimals=3, sign=True),
+    })
 
 
 def lens_by_layer(lens: pd.DataFrame) -> pd.DataFrame:
@@ -293,6 +328,30 @@ def lens_plot(lens: pd.DataFrame) -> ggplot:
             + scale_x_continuous(breaks=sorted(table["layer"].unique()))
             + scale_colour_manual(values=LENS_COLOURS, name="")
             + labs(x="after decoder layer", y="") + theme_moe())
+
+
+def grid_domain_plot(summary: pd.DataFrame) -> ggplot:
+    """Return the per-domain grid as tiles: conditions down, corpus domains across, the
+    difference from the baseline as the fill (diverging at 0, red where the loss rises)
+    with its value printed, chosen experts beside the random control. Facet it
+    ``model ~ removed``."""
+    rest = summary[summary["removed"] != "none"]
+    order = [c for c in summary["cell"].cat.categories[::-1] if c != "baseline"]
+    limit = float(np.nanmax(np.abs(rest["delta"]))) or 1.0
+    data = rest.assign(cell=pd.Categorical(rest["cell"].astype(str), categories=order, ordered=True),
+                       text=rest["delta"].map(lambda v: f"{v:+.2f}".replace("-", "\u2212")),
+                       text_colour=np.where(np.abs(rest["delta"]) > 0.6 * limit, "white", "black"))
+    return (
+        ggplot(data, aes("domain", "cell", fill="delta"))
+        + geom_tile(colour="white")
+        + geom_text(aes(label="text", colour="text_colour"), size=7)
+        + scale_colour_identity()
+        + scale_fill_gradient2(low=UNDER, mid=EVEN, high=OVER, midpoint=0, limits=(-limit, limit),
+                               name="Loss minus the baseline's (nats/token)")
+        + labs(x="Corpus domain", y="")
+        + theme_moe()
+        + theme(axis_text_x=element_text(rotation=30, ha="right"))
+    )
 
 
 def letter_bias(grid: pd.DataFrame) -> pd.Series:

@@ -384,18 +384,34 @@ def vocabulary_summary(table: pd.DataFrame, by: tuple[str, ...] = ("model", "tok
     return out.assign(n_token_ids=grouped.size().to_numpy())
 
 
-def characteristic_summary(table: pd.DataFrame, layer: int, n_top: int = 5) -> pd.DataFrame:
+def characteristic_summary(table: pd.DataFrame, layer: int, n_top: int = 5,
+                           experts: pd.DataFrame | None = None) -> pd.DataFrame:
     """Return one row per model and expert of ``specialization.characteristic_tokens`` at
-    ``layer``: its ``n_top`` most characteristic tokens (quoted, so spaces show) and their
-    lifts, most characteristic first."""
+    ``layer``: its ``n_top`` most characteristic tokens and their lifts (tuples, most
+    characteristic first; the page formats them) and the mean share of those tokens'
+    occurrences that reach the expert. ``experts`` (model and expert columns) lists every
+    expert to show: one without a characteristic token gets a row with empty tuples."""
     part = table[(table["layer"] == layer) & (table["rank"] < n_top)].sort_values(["expert", "rank"])
     by = [c for c in ("model", "expert") if c in part.columns]
     grouped = part.groupby(by, observed=True)
-    return pd.DataFrame({
-        "tokens": grouped["token_str"].agg(lambda s: ", ".join(repr(str(t)) for t in s)),
-        "lifts": grouped["lift"].agg(lambda s: ", ".join(f"{v:.1f}" for v in s)),
+    summary = pd.DataFrame({
+        "tokens": grouped["token_str"].agg(lambda s: tuple(str(t) for t in s)),
+        "lifts": grouped["lift"].agg(tuple),
         "share_of_token": grouped["share_of_token"].mean(),
     }).reset_index()
+    if experts is None:
+        return summary
+    keys = [c for c in by if c in experts.columns]
+    listed = experts[keys].drop_duplicates().astype({c: summary[c].dtype for c in keys if c != "model"})
+    if "model" in keys:
+        listed, summary = listed.astype({"model": str}), summary.astype({"model": str})
+    full = listed.merge(summary, on=keys, how="left")
+    if "model" in keys and isinstance(experts["model"].dtype, pd.CategoricalDtype):  # keep the chapter's order
+        full["model"] = pd.Categorical(full["model"], categories=experts["model"].cat.categories, ordered=True)
+    full = full.sort_values(keys, kind="stable").reset_index(drop=True)
+    for column in ("tokens", "lifts"):
+        full[column] = full[column].map(lambda v: v if isinstance(v, tuple) else ())
+    return full
 
 
 def independent_layers(ds: xr.Dataset, seed: int = 0) -> xr.Dataset:
