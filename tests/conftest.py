@@ -56,6 +56,8 @@ class TinySite:
         from chapter_runner import PROJECT_ROOT
 
         parameters = {"models": list(self.MODELS)}
+        if "control_models" in page.read_text():  # a run and its recipe control: here the two tiny ones
+            parameters["control_models"] = list(self.MODELS)
         if "mmlu_source" in page.read_text():
             # a fresh clone has no MMLU download: the committed CSV-layout fixture stands in
             parameters |= {"mmlu_source": "csv", "mmlu_root": str(PROJECT_ROOT / "tests" / "fixtures" / "mmlu")}

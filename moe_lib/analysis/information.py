@@ -29,7 +29,9 @@ from moe_lib.analysis.crosslayer import target_occurrences
 
 def codes(values) -> np.ndarray:
     """Return integer codes 0..n-1 of any labels (strings, numbers), in order of first sorting."""
-    return np.unique(np.asarray(values).astype(str), return_inverse=True)[1].astype(np.int64)
+    # str() of each value: labels may come as numpy's StringDType, object or numbers
+    text = np.array([str(v) for v in np.asarray(values).tolist()], dtype=object)
+    return np.unique(text, return_inverse=True)[1].astype(np.int64)
 
 
 def mutual_information(x: np.ndarray, y: np.ndarray) -> float:

@@ -268,13 +268,14 @@ def run(args: argparse.Namespace) -> int:
 
 def site_stores(models: list[str]) -> list[str]:
     """Return the paths of the stores read so far in this process that a fresh clone needs:
-    every analysis table and ablation run, and the final domains trace of each model (a base
-    for new tables)."""
+    every analysis table, ablation run and expert-importance run (its scores and pruning
+    studies share one key), and the final domains trace of each model (a base for new
+    tables)."""
     from moe_lib import site
     from moe_lib.core import cache
 
     used = site.provenance()
-    keep = set(used.loc[used["kind"].isin(["table", "ablation"]), "cache_key"])
+    keep = set(used.loc[used["kind"].isin(["table", "ablation", "importance"]), "cache_key"])
     keep |= {site.trace_key(m, "domains") for m in models}
     stores = cache.list_stores()
     return sorted(str(Path(p).relative_to(PROJECT_ROOT)) if Path(p).is_relative_to(PROJECT_ROOT) else p
