@@ -239,7 +239,10 @@ def run(args: argparse.Namespace) -> int:
         check_records(models, args.write_records)
     parameters = {"mmlu_source": args.mmlu_source, "mmlu_root": args.mmlu_root}
     if args.preset != "default" or args.seeds != [0]:
+        # other runs than the site's: the recipe-control pair is two of them too (the tiny
+        # presets have no control run), as the tests' tiny site does
         parameters["models"] = models
+        parameters["control_models"] = models[:2]
     try:
         for model in models if args.from_scratch else ():
             start = _step(f"traces of {model}: domains probe at every checkpoint, contextual probe at the final one")
