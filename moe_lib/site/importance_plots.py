@@ -10,6 +10,7 @@ and every loss increase against 0 (the model untouched).
 from __future__ import annotations
 
 import pandas as pd
+from mizani.breaks import breaks_extended
 from plotnine import (
     aes,
     coord_flip,
@@ -84,6 +85,7 @@ def scores_plot(scores: pd.DataFrame) -> ggplot:
             + geom_linerange(aes(ymin="loss_increase_lo", ymax="loss_increase_hi"), colour=LABEL_COLOURS[1],
                              alpha=0.6)
             + geom_point(colour=LABEL_COLOURS[1], size=1.4)
+            + scale_x_continuous(breaks=breaks_extended(n=3), labels=lambda values: [f"{100 * v:g} %" for v in values])
             + labs(x="share of the layer's assignments (frequency)", y=LOSS_INCREASE)
             + theme_moe())
 
