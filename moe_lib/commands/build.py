@@ -33,6 +33,7 @@ RECIPE_NAMES = ("standard", "cross-layer")
 # Minutes on two quiet CPU cores, measured (README, "The two commands"): the corpus from the
 # registries, one default run (two run at once), and every trace, table and ablation run
 # of the two default models.
+SEEDS = (0, 1, 2)  # the seeds the site shows: moe_lib.site.seeds.SEEDS (a test keeps them equal)
 MINUTES = {"corpus": 2, "fetch": 1, "train": 27, "analyses": 35}
 
 
@@ -50,7 +51,8 @@ def add_command(subparsers) -> None:
                         help="build corpus, models, traces and tables from nothing (resumable)")
     parser.add_argument("--preset", choices=["default", "tiny"], default="default",
                         help="model preset: the site's default models, or the tiny test models")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds of each recipe")
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS),
+                        help="training seeds of each recipe (the chapters quote the spread over seeds)")
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
                         help="runs trained at once (each in its own process)")
     parser.add_argument("--threads", type=int, default=1,
@@ -238,11 +240,12 @@ def run(args: argparse.Namespace) -> int:
     if args.from_scratch or args.write_records:
         check_records(models, args.write_records)
     parameters = {"mmlu_source": args.mmlu_source, "mmlu_root": args.mmlu_root}
-    if args.preset != "default" or args.seeds != [0]:
+    if args.preset != "default":
         # other runs than the site's: the recipe-control pair is two of them too (the tiny
-        # presets have no control run), as the tests' tiny site does
-        parameters["models"] = models
-        parameters["control_models"] = models[:2]
+        # presets have no control run), as the tests' tiny site does. A chapter is given each
+        # recipe's seed-0 run and finds the other seeds itself (moe_lib.site.seeds).
+        parameters["models"] = project_models(args.preset, [0])
+        parameters["control_models"] = parameters["models"]
     try:
         for model in models if args.from_scratch else ():
             start = _step(f"traces of {model}: domains probe at every checkpoint, contextual probe at the final one")

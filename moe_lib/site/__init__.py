@@ -150,7 +150,7 @@ def checkpoint_info(model: str, step: int, train: bool = True) -> dict:
     run = models_dir() / model
     on_disk = (run / "run.json").is_file() or (run / "checkpoints").is_dir()
     record = None if on_disk else committed_record(model)
-    if not on_disk and record is None and model.endswith("-tiny") and train:
+    if not on_disk and record is None and train and (own_run(model) or (None, None))[1] == "tiny":
         train_tiny(model)
         on_disk = True
     if on_disk:

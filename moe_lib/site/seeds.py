@@ -1,0 +1,246 @@
+"""Each chapter's headline numbers for every training seed of a recipe (issue 12, items 6, 7, 13).
+
+A recipe trained once says little: another seed may route differently. Each recipe is
+trained at several seeds (``standard-default``, ``standard-default-seed1``, ...); a claim is
+quoted per recipe as the mean and the range over its seeds, beside the baseline or control
+that isolates it, computed by the same cached tables the chapters draw (same names and
+parameters, so seed 0 shares the chapters' stores).
+
+A claim here is one number per run and its baseline. The chapters keep their figures and
+per-layer tables for seed 0; these numbers are what they say holds across seeds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from moe_lib.analysis import crosslayer, distribution, information, saturation, specialization
+from moe_lib.site import tables as site_tables
+
+SEEDS = (0, 1, 2)
+
+
+def seed_runs(model: str, seeds=SEEDS) -> list[str]:
+    """Return the runs of ``model``'s recipe at ``seeds`` that can be read: a committed
+    record, or a finished run on disk. A model that is not one of the project's own recipes
+    (a hub checkpoint) is its only run."""
+    from moe_lib import site
+    from moe_lib.training.probe_traces import model_name
+
+    found = site.own_run(model)
+    if found is None:
+        return [model]
+    recipe, preset, _, _ = found
+    runs = []
+    for seed in seeds:
+        name = model_name(recipe, preset, seed)
+        try:
+            site.weights_sha256(name, train=False)
+        except (site.MissingDataError, FileNotFoundError, KeyError):
+            continue
+        runs.append(name)
+    return runs
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One headline number: its chapter, what it measures, and how one run gives it.
+
+    measure(run) returns ``(value, baseline)``; baseline is the chance level, shuffle or
+    ideal the value is read against (NaN where the number is itself net of a null).
+    """
+
+    key: str
+    chapter: str
+    text: str
+    baseline: str
+    measure: Callable[[str], tuple[float, float]]
+    decimals: int = 2
+
+
+def _one(name: str, run: str, fn, probe: str = "domains", **params) -> pd.DataFrame:
+    from moe_lib import site
+
+    return site.per_model(name, [run], fn, probe=probe, **params)
+
+
+def _top1_weight(run):
+    slots = _one("weight-by-slot", run, distribution.weight_by_slot)
+    top = slots[slots.slot == 0]["median"]
+    return float(top.median()), 1 / int(slots.slot.max() + 1)
+
+
+def _worst_load(run):
+    return float(_one("load-balance", run, distribution.load_balance).max_over_mean.max()), 1.0
+
+
+def _router_entropy(run):
+    entropy = _one("router-entropy", run, distribution.router_entropy)
+    return float((entropy["median"] / entropy.max_entropy_bits).median()), 1.0
+
+
+def _adjacent(run):
+    adjacent = _one("consecutive-routing", run, distribution.consecutive_routing)
+    return float(adjacent.p_same_top1.mean()), float(adjacent.p_same_top1_chance.mean())
+
+
+def _saturation_at_one_percent(run):
+    from moe_lib import site
+
+    sat = site.per_model("saturation", [run], saturation.router_saturation, over_checkpoints=True)
+    by_checkpoint = sat.groupby("checkpoint")[["topk_overlap", "topk_overlap_chance"]].mean()
+    tokens = by_checkpoint.index.to_numpy(dtype=float)
+    nearest = int(np.argmin(np.abs(np.log(tokens / (0.01 * tokens.max())))))
+    return float(by_checkpoint.topk_overlap.iloc[nearest]), float(by_checkpoint.topk_overlap_chance.iloc[nearest])
+
+
+def _bits(measure: str):
+    def excess(run):
+        bits = _one("expert-information", run, information.expert_information, probe="contextual")
+        return float(bits[bits.measure == measure].excess.mean()), np.nan
+    return excess
+
+
+def _same_index(run):
+    continuity = _one("expert-continuity", run, site_tables.continuity_of_targets, probe="contextual")
+    every = continuity[continuity.tokens == "all tokens"]
+    return float(every.p_same_index.mean()), float(every.p_same_index_chance.mean())
+
+
+def _domain_tv(run):
+    tv = _one("domain-tv-distance", run, specialization.domain_tv_distance, n_permutations=100)
+    return float(tv.tv_distance.mean()), float(tv.tv_shuffled.mean())
+
+
+def _vocabulary(kind: str, which: str):
+    def share(run):
+        table = _one("vocabulary-specialization", run, specialization.vocabulary_by_kind)
+        summary = site_tables.vocabulary_summary(table)
+        rows = summary[summary.token_kind == kind].sort_values("layer")
+        row = rows.iloc[0] if which == "first" else rows.iloc[-1]
+        return float(row.specialization), float(row.specialization_shuffled)
+    return share
+
+
+CLAIMS = (
+    Claim("top1-weight", "routing-basics", "Median top-1 routing weight (median over layers)",
+          "1/k (an even split)", _top1_weight),
+    Claim("worst-load", "routing-basics", "Largest over mean expert load, worst layer",
+          "1 (even load)", _worst_load),
+    Claim("router-entropy", "routing-basics", "Median router entropy as a share of log2 E (median over layers)",
+          "1 (a router that cannot tell experts apart)", _router_entropy),
+    Claim("adjacent-top1", "routing-basics", "Adjacent tokens with the same top-1 expert (mean over layers)",
+          "chance from the layers' loads", _adjacent),
+    Claim("saturation-1pct", "training", "Top-k overlap with the final routing at 1 % of training (mean over layers)",
+          "chance overlap", _saturation_at_one_percent),
+    Claim("bits-token", "cross-layer", "I(E; token) net of its null, bits (mean over layers)",
+          "net of tokens shuffled", _bits("I(E; T)"), 3),
+    Claim("bits-meaning", "cross-layer", "I(E; meaning | token) net of its null, bits",
+          "net of meanings shuffled within token", _bits("I(E; M | T)"), 3),
+    Claim("bits-source", "cross-layer", "I(E; source | token) net of its null, bits",
+          "net of sources shuffled within token", _bits("I(E; S | T)"), 3),
+    Claim("bits-meaning-within-source", "cross-layer", "I(E; meaning | token, source) net of its null, bits",
+          "net of meanings shuffled within token and source", _bits("I(E; M | T, S)"), 3),
+    Claim("same-index", "cross-layer", "Same top-1 expert index in consecutive layers (an architecture property)",
+          "chance from the layers' loads", _same_index),
+    Claim("domain-tv", "specialization", "Domain specialization: total variation between domains' expert shares",
+          "domain labels shuffled", _domain_tv),
+    Claim("input-token-first", "specialization", "Input-token specialization, first MoE layer",
+          "token ids shuffled", _vocabulary("input token", "first")),
+    Claim("input-token-last", "specialization", "Input-token specialization, last MoE layer",
+          "token ids shuffled", _vocabulary("input token", "last")),
+    Claim("predicted-token-first", "specialization", "Predicted-next-token specialization, first MoE layer",
+          "token ids shuffled", _vocabulary("predicted next token", "first")),
+    Claim("predicted-token-last", "specialization", "Predicted-next-token specialization, last MoE layer",
+          "token ids shuffled", _vocabulary("predicted next token", "last")),
+)
+
+
+# What published work reports for the same measure on a pretrained MoE, and the caveat a
+# reader needs beside our number; the overview's findings table shows them.
+PUBLISHED = {
+    "adjacent-top1": "Mixtral 8x7B: first-choice repeats well above the 12.5 % of random assignment "
+                     "at layers 15 and 31 (Jiang et al. 2024)",
+    "saturation-1pct": "OLMoE-1B-7B: about 60 % at 1 % of pretraining (Muennighoff et al. 2024)",
+    "domain-tv": "OLMoE-1B-7B: strong for arXiv and GitHub, weak for general web text (Muennighoff et al. 2024)",
+    "input-token-last": "OLMoE-1B-7B: input-token specialization falls in later layers (Muennighoff et al. 2024)",
+    "predicted-token-last": "OLMoE-1B-7B: predicted-token specialization rises in later layers "
+                            "(Muennighoff et al. 2024)",
+}
+CAVEATS = {
+    "top1-weight": "our routers renormalise the top-k weights; OLMoE's do not",
+    "worst-load": "set by the recipe (balance loss 0.1): the weak-balance control run is less even",
+    "router-entropy": "set by the recipe (z-loss, balance 0.1): the control run's routers are surer",
+    "adjacent-top1": "repeated tokens in a row count as sharing",
+    "saturation-1pct": "our 1 % is a few hundred thousand tokens, OLMoE's about 50 B",
+    "bits-meaning": "meaning is largely confounded with source in the probe",
+    "bits-meaning-within-source": "few tokens have two meanings inside one source",
+    "same-index": "the cross-layer model's shared router ties indices by design",
+    "domain-tv": "our domains are whole genres (code, Bible, dictionary), easier to tell apart than web text",
+}
+
+
+def per_run(models, chapter: str | None = None, seeds=SEEDS) -> pd.DataFrame:
+    """Return one row per claim and run: recipe (the model as the chapter names it), run,
+    claim, value, baseline. ``chapter`` keeps that chapter's claims; the training claim is
+    skipped for models without checkpoints."""
+    from moe_lib import site
+
+    rows = []
+    for model in [models] if isinstance(models, str) else models:
+        for run in seed_runs(model, seeds):
+            for claim in CLAIMS:
+                if chapter not in (None, claim.chapter):
+                    continue
+                if claim.chapter == "training" and not site.with_checkpoints([run]):
+                    continue
+                value, baseline = claim.measure(run)
+                rows.append({"recipe": model, "run": run, "claim": claim.key, "value": value, "baseline": baseline})
+    table = pd.DataFrame(rows, columns=["recipe", "run", "claim", "value", "baseline"])
+    table["recipe"] = pd.Categorical(table["recipe"], categories=list(dict.fromkeys(table["recipe"])), ordered=True)
+    return table
+
+
+def spread(table: pd.DataFrame) -> pd.DataFrame:
+    """Return per claim and recipe the mean, min and max over seeds of the value and the
+    mean baseline, with the claim's text and the number of seeds, in CLAIMS' order."""
+    grouped = table.groupby(["claim", "recipe"], sort=False, observed=True)
+    out = grouped["value"].agg(mean="mean", lo="min", hi="max").join(
+        grouped["baseline"].mean().rename("baseline_value")).join(grouped.size().rename("n_seeds")).reset_index()
+    info = pd.DataFrame([{"claim": c.key, "text": c.text, "baseline": c.baseline, "chapter": c.chapter,
+                          "heading": f"{c.text} (baseline: {c.baseline})", "published": PUBLISHED.get(c.key, ""),
+                          "caveat": CAVEATS.get(c.key, ""), "order": i} for i, c in enumerate(CLAIMS)])
+    out = out.merge(info, on="claim").sort_values(["order", "recipe"], kind="stable").drop(columns="order")
+    return out.reset_index(drop=True)
+
+
+def across_seeds(models, chapter: str | None = None, seeds=SEEDS) -> pd.DataFrame:
+    """Return :func:`spread` of :func:`per_run`: what a chapter says holds across seeds."""
+    return spread(per_run(models, chapter, seeds))
+
+
+def findings(models, seeds=SEEDS) -> pd.DataFrame:
+    """Return the overview's findings table: one row per claim, a ``mean [lo, hi]`` text
+    column per model (its recipe's seeds), the baseline's mean over every run, the published
+    figure and the caveat."""
+    from moe_lib.site.prose import interval
+
+    table = across_seeds(models, seeds=seeds)
+    recipes = list(dict.fromkeys(table["recipe"].astype(str)))
+    rows = []
+    for claim in CLAIMS:
+        part = table[table.claim == claim.key]
+        if part.empty:
+            continue
+        row = {"claim": claim.text, "chapter": claim.chapter, "baseline": claim.baseline,
+               "baseline_value": float(part.baseline_value.mean()),
+               "published": PUBLISHED.get(claim.key, ""), "caveat": CAVEATS.get(claim.key, "")}
+        for _, r in part.iterrows():
+            row[str(r.recipe)] = f"{interval(r['mean'], r.lo, r.hi, claim.decimals)} ({r.n_seeds})"
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["claim", "chapter", *recipes, "baseline", "baseline_value",
+                                       "published", "caveat"])
