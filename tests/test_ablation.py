@@ -272,3 +272,43 @@ def test_bootstrap_p_is_small_for_a_real_difference_and_large_for_none():
                          "nll": np.concatenate([base, base + 0.05, base + rng.normal(0, 0.01, n)])})
     p = bootstrap_summary(rows, "nll").set_index("condition")["delta_p"]
     assert np.isnan(p[BASELINE]) and p["shifted"] == pytest.approx(1 / 1000) and p["same"] > 0.05
+
+
+CHAT_TEMPLATE = ("{% for m in messages %}<|user|>\n{{ m['content'] }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+
+
+@pytest.fixture(scope="module")
+def chat_tokenizer():
+    """The tiny BPE trained on chat turns answered by a bare letter, with a chat template."""
+    turns = [f"<|user|>\nQ\nAnswer:\n<|assistant|>\n{c}\n" * 50 for c in "ABCD"]
+    tok = tiny_tokenizer([inspect.getdoc(json), *turns])
+    tok.chat_template = CHAT_TEMPLATE
+    return tok
+
+
+def test_chat_prompts_open_the_assistant_turn_and_score_the_bare_letter(chat_tokenizer):
+    from moe_lib.interventions.ablation import answer_letter_ids
+    from moe_lib.interventions.ablation_runs import chat_prompts
+
+    prompts = chat_prompts(["Q: 2 + 2?\nA. 3\nB. 4\nC. 5\nD. 6\nAnswer:"], chat_tokenizer)
+    assert prompts[0].startswith("<|user|>\nQ: 2 + 2?") and prompts[0].endswith("Answer:\n<|assistant|>\n")
+    letters = answer_letter_ids(chat_tokenizer, prompts)
+    # each id is the bare letter the assistant would write first, one token of its own
+    assert [chat_tokenizer.decode([i]) for i in letters] == list("ABCD")
+    model = tiny_model("olmoe")
+    results = score_multiple_choice(model, chat_tokenizer, prompts, [1], [Condition()], progress=False)
+    ids = chat_tokenizer(prompts[0], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        expected = model(input_ids=ids).logits[0, -1].log_softmax(-1)[letters].numpy()
+    got = results.loc[0, ["logprob_A", "logprob_B", "logprob_C", "logprob_D"]].to_numpy(float)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_chat_prompts_refuse_a_tokenizer_without_a_template(letters_tokenizer):
+    from moe_lib.interventions.ablation_runs import RunSettings, chat_prompts
+
+    with pytest.raises(ValueError, match="no chat template.*--prompt plain"):
+        chat_prompts(["Answer:"], letters_tokenizer)
+    with pytest.raises(ValueError, match="prompt='dialogue'"):
+        RunSettings("mmlu", prompt="dialogue")

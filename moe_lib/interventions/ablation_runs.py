@@ -70,6 +70,20 @@ def mmlu_items(
     return prompts, labels
 
 
+def chat_prompts(prompts: Sequence[str], tokenizer) -> list[str]:
+    """Return each plain prompt as one user turn in the tokenizer's chat template, followed
+    by the opening of the assistant's turn: the model's first token is then its answer.
+
+    This is how instruction-tuned checkpoints are evaluated on MMLU with a chat template
+    (e.g. OLMoE-1B-7B-0125-Instruct with three solved examples: ``--prompt chat --n-shots 3``).
+    """
+    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        raise ValueError("--prompt chat: this model's tokenizer has no chat template (tokenizer_config.json "
+                         "'chat_template'); use --prompt plain for a base model")
+    return [tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                          add_generation_prompt=True) for prompt in prompts]
+
+
 def heldout_items(corpus: Path, *, n_docs: int = 60, seed: int = 0) -> tuple[list[str], dict]:
     """Return up to ``n_docs`` texts per domain of the ``corpus`` .jsonl (seeded) and their
     labels: ``id``, ``domain``, ``language``."""
@@ -89,6 +103,9 @@ def heldout_items(corpus: Path, *, n_docs: int = 60, seed: int = 0) -> tuple[lis
     return [d["text"] for d in picked], labels
 
 
+PROMPTS = ("plain", "chat")
+
+
 @dataclasses.dataclass
 class RunSettings:
     """What a run is made of besides the model: the defaults of ``python -m moe_lib ablate``,
@@ -98,6 +115,7 @@ class RunSettings:
     grid: str = "default"  # "default" or "full": see ablation.grid_conditions
     n_questions: int = 1000  # MMLU questions, a seeded sample
     n_shots: int = 5  # solved dev questions before each MMLU question
+    prompt: str = "plain"  # MMLU prompts: "plain" text, or "chat" (in the tokenizer's chat template)
     split: str = "test"  # MMLU split
     mmlu_source: str = "olmo"  # see moe_lib.data.mmlu
     mmlu_root: Path | None = None
@@ -109,6 +127,8 @@ class RunSettings:
 
     def __post_init__(self):
         _check_benchmark(self.benchmark)
+        if self.prompt not in PROMPTS:
+            raise ValueError(f"prompt={self.prompt!r}: expected one of {PROMPTS}")
 
     def max_length_for(self, model) -> int:
         """Return the tokens kept per text: ``max_length`` if set, else the model's positions
@@ -119,11 +139,13 @@ class RunSettings:
         return positions if self.benchmark == "mmlu" else min(256, positions)
 
 
-def sample(settings: RunSettings) -> tuple[list[str], dict]:
-    """Return the texts and labels of a run: a seeded MMLU sample or held-out texts."""
+def sample(settings: RunSettings, tokenizer=None) -> tuple[list[str], dict]:
+    """Return the texts and labels of a run: a seeded MMLU sample or held-out texts.
+    Chat prompts need the model's ``tokenizer`` (its chat template)."""
     if settings.benchmark == "mmlu":
-        return mmlu_items(split=settings.split, n_questions=settings.n_questions, n_shots=settings.n_shots,
-                          seed=settings.seed, source=settings.mmlu_source, root=settings.mmlu_root)
+        prompts, labels = mmlu_items(split=settings.split, n_questions=settings.n_questions, n_shots=settings.n_shots,
+                                     seed=settings.seed, source=settings.mmlu_source, root=settings.mmlu_root)
+        return (chat_prompts(prompts, tokenizer) if settings.prompt == "chat" else prompts), labels
     return heldout_items(settings.corpus, n_docs=settings.n_docs, seed=settings.seed)
 
 
@@ -181,7 +203,7 @@ def lens_table(
     for condition in lens_conditions():
         ablated = None if condition.is_baseline else {**condition.ablate_kwargs(), "seed": seed}
         if benchmark == "mmlu":
-            letters = ablation.letter_token_ids(tokenizer)
+            letters = ablation.answer_letter_ids(tokenizer, texts)
             batches = ablation.encode_batches(tokenizer, texts, batch_size=batch_size, max_length=max_length, keep="end")
             answer_ids = [letters[a] for a in labels["answer"]]
             lens = logit_lens(model, batches, answer_ids=answer_ids, candidates=letters, ablation=ablated)

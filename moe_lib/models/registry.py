@@ -52,6 +52,16 @@ REGISTRY: dict[str, ModelSpec] = {
             note="Intermediate training checkpoints are hub branches named stepN-tokensMB; "
             "pass one as --revision (list them with huggingface_hub.list_repo_refs).",
         ),
+        ModelSpec(
+            "olmoe-1b-7b-0125-instruct",
+            "allenai/OLMoE-1B-7B-0125-Instruct",
+            "olmoe",
+            16,
+            64,
+            8,
+            note="The instruction-tuned 0125 release. Its MMLU ablations as published elsewhere used its chat "
+            "template and three solved examples: `ablate ... --benchmark mmlu --prompt chat --n-shots 3`.",
+        ),
         ModelSpec("qwen1.5-moe-a2.7b", "Qwen/Qwen1.5-MoE-A2.7B", "qwen2_moe", 24, 60, 4),
         ModelSpec("deepseek-v2-lite", "deepseek-ai/DeepSeek-V2-Lite", "deepseek_v2", 27, 64, 6),
         ModelSpec("qwen3-30b-a3b", "Qwen/Qwen3-30B-A3B", "qwen3_moe", 48, 128, 8),

@@ -203,7 +203,9 @@ def _cell_label(row) -> str:
     if row["condition"] == ablation.BASELINE:
         return "baseline"
     slots = {"0": "top-1", "all": "all k"}.get(row["slots"], f"slots {row['slots']}")
-    return " · ".join([slots, row["layers"], *(["renorm"] if row["renormalize"] else [])])
+    label = " · ".join([slots, row["layers"], *(["renorm"] if row["renormalize"] else [])])
+    # every slot but the first removed and the weight given back: top-k reduced to k' = 1
+    return label + " (k′ = 1)" if row["slots"] == "1+" and row["renormalize"] else label
 
 
 def grid_summary(grid: pd.DataFrame, by: tuple[str, ...] = (), seed: int = 0) -> pd.DataFrame:
@@ -272,6 +274,22 @@ def grid_table(summary: pd.DataFrame):
         "random_delta": Interval(f"Random control: Δ {score.lower()} [95 % CI]", "random_lo", "random_hi",
                                  decimals=3, sign=True),
     })
+
+
+def multiple_comparisons(summary: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
+    """Return per model how many of its ablated conditions (chosen experts and random
+    controls, the baseline excluded) differ from the baseline: ``n_tests``, ``n_raw`` (paired
+    bootstrap p below ``alpha``) and ``n_holm`` (below ``alpha`` after Holm's correction
+    over the model's conditions; the family-wise error is then at most ``alpha``), and
+    ``survivors``, the conditions that survive, in grid order."""
+    rows = []
+    for model, part in summary[summary["removed"] != "none"].groupby("model", observed=True):
+        adjusted = ablation.holm(part["delta_p"].to_numpy())
+        kept = part[adjusted < alpha]
+        rows.append({"model": model, "n_tests": int(part["delta_p"].notna().sum()),
+                     "n_raw": int((part["delta_p"] < alpha).sum()), "n_holm": int((adjusted < alpha).sum()),
+                     "survivors": [str(c) for c in kept["condition"]]})
+    return pd.DataFrame(rows, columns=["model", "n_tests", "n_raw", "n_holm", "survivors"])
 
 
 def lens_by_layer(lens: pd.DataFrame) -> pd.DataFrame:
