@@ -98,6 +98,29 @@ def test_meaning_prediction_finds_the_informative_layer_and_shuffles_fall_to_maj
     assert (table["accuracy_shuffled"] < table["majority_share"] + 0.08).all()
 
 
+def test_nested_meaning_prediction_chooses_the_informative_window_on_inner_folds():
+    table = paths.meaning_prediction_nested(polysemous()).set_index("predictor")
+    # every outer fold picks layer 1 alone; a path through it is as good
+    assert table.loc["single layer", "chosen"] == " ".join(["1+1"] * 5)
+    assert table.loc["single layer", "accuracy"] == 1.0 and table.loc["path", "accuracy"] > 0.9
+    assert table.loc["single layer", "n_windows"] == 3 and table.loc["path", "n_windows"] == 3
+
+
+def test_nested_selection_removes_the_best_of_many_bias_on_noise():
+    # routes independent of meaning: the best of the windows scored on the same folds beats
+    # the majority by luck; chosen on inner folds and scored on outer ones it does not
+    rng = np.random.default_rng(3)
+    n = 240
+    meaning = rng.choice(["x", "y"], n)
+    ds = make_trace(rng.integers(0, 4, (n, 4)), 4, token_id=np.full(n, 9),
+                    labels={"is_target": np.ones(n, bool), "meaning": meaning.astype(object)})
+    flat = paths.meaning_prediction(ds, n_shuffles=1)
+    nested = paths.meaning_prediction_nested(ds, n_shuffles=1).set_index("predictor")
+    best_flat = flat[flat.length == 1].accuracy.max()
+    assert nested.loc["single layer", "accuracy"] < best_flat
+    assert abs(nested.loc["single layer", "accuracy"] - 0.5) < 0.1
+
+
 def test_route_clusters_agree_with_a_label_that_decides_routes():
     ds = polysemous(400, informative_layer=0)
     ids = np.repeat(ds["expert_id"].values[:, :1], 3, axis=1)  # every layer = the meaning's expert

@@ -250,21 +250,53 @@ def paths_to_cover(
     return pd.DataFrame(rows)
 
 
-def _fold_accuracy(code: np.ndarray, target: np.ndarray, owner: np.ndarray, fold: np.ndarray) -> float:
-    """Return the cross-validated accuracy of predicting ``target`` by majority vote within
-    each ``code``; codes unseen in training fall back to the owner's (token's) majority."""
+def _majority_guess(code: np.ndarray, target: np.ndarray, owner: np.ndarray, train: np.ndarray,
+                    test: np.ndarray) -> np.ndarray:
+    """Return the guesses for the ``test`` rows: the most common ``target`` among the
+    ``train`` rows of the same ``code``; a code unseen in training falls back to the owner's
+    (token's) most common target."""
     n_codes, n_targets, n_owners = code.max() + 1, target.max() + 1, owner.max() + 1
+    by_code = np.bincount(code[train] * n_targets + target[train], minlength=n_codes * n_targets)
+    by_code = by_code.reshape(n_codes, n_targets)
+    by_owner = np.bincount(owner[train] * n_targets + target[train], minlength=n_owners * n_targets)
+    fallback = by_owner.reshape(n_owners, n_targets).argmax(axis=1)
+    seen = by_code.sum(axis=1) > 0
+    return np.where(seen[code[test]], by_code.argmax(axis=1)[code[test]], fallback[owner[test]])
+
+
+def _fold_accuracy(code: np.ndarray, target: np.ndarray, owner: np.ndarray, fold: np.ndarray) -> float:
+    """Return the cross-validated accuracy of :func:`_majority_guess` over the folds."""
     correct = 0
     for k in np.unique(fold):
         train, test = fold != k, fold == k
-        by_code = np.bincount(code[train] * n_targets + target[train], minlength=n_codes * n_targets)
-        by_code = by_code.reshape(n_codes, n_targets)
-        by_owner = np.bincount(owner[train] * n_targets + target[train], minlength=n_owners * n_targets)
-        fallback = by_owner.reshape(n_owners, n_targets).argmax(axis=1)
-        seen = by_code.sum(axis=1) > 0
-        guess = np.where(seen[code[test]], by_code.argmax(axis=1)[code[test]], fallback[owner[test]])
-        correct += int((guess == target[test]).sum())
+        correct += int((_majority_guess(code, target, owner, train, test) == target[test]).sum())
     return correct / code.size
+
+
+def _labelled_targets(ds: xr.Dataset, minimum: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return the top-1 routes, meaning codes and token codes (owners) of the target
+    occurrences that carry a meaning; raise if fewer than ``minimum``."""
+    target = np.asarray(ds["is_target"].values, dtype=bool) if "is_target" in ds.coords else None
+    if target is None:
+        raise KeyError(f"trace of model {ds.attrs.get('model')!r} has no token label 'is_target'")
+    meaning, _ = label_codes(ds, "meaning")
+    rows_kept = np.flatnonzero(target & (meaning >= 0))
+    if rows_kept.size < minimum:
+        raise ValueError(f"only {rows_kept.size} labelled target occurrences, fewer than the {minimum} folds need")
+    owner = pd.factorize(np.asarray(ds["token_id"].values)[rows_kept])[0]
+    return top1(ds)[rows_kept], meaning[rows_kept], owner
+
+
+def _shuffled_within_token(meaning: np.ndarray, owner: np.ndarray, rng: np.random.Generator, n: int) -> list:
+    """Return ``n`` permutations of ``meaning`` within each owner (token id)."""
+    shuffled = []
+    for _ in range(n):
+        # sort by (owner, random key), then place back in owner order
+        order = np.lexsort((rng.random(owner.size), owner))
+        permuted = meaning.copy()
+        permuted[np.argsort(owner, kind="stable")] = meaning[order]
+        shuffled.append(permuted)
+    return shuffled
 
 
 def meaning_prediction(
@@ -288,25 +320,10 @@ def meaning_prediction(
         accuracy_shuffled (mean over shuffles), majority_share (accuracy of always guessing
         the token's most common meaning), n_occurrences, n_paths_seen.
     """
-    target = np.asarray(ds["is_target"].values, dtype=bool) if "is_target" in ds.coords else None
-    if target is None:
-        raise KeyError(f"trace of model {ds.attrs.get('model')!r} has no token label 'is_target'")
-    meaning, _ = label_codes(ds, "meaning")
-    rows_kept = np.flatnonzero(target & (meaning >= 0))
-    if rows_kept.size < n_folds:
-        raise ValueError(f"only {rows_kept.size} labelled target occurrences, fewer than {n_folds} folds")
-    routes = top1(ds)[rows_kept]
-    meaning = meaning[rows_kept]
-    owner = pd.factorize(np.asarray(ds["token_id"].values)[rows_kept])[0]
+    routes, meaning, owner = _labelled_targets(ds, n_folds)
     rng = np.random.default_rng(seed)
-    fold = rng.permutation(rows_kept.size) % n_folds
-    shuffled = []
-    for _ in range(n_shuffles):
-        # Permute meanings within each token id: sort by (owner, random key), then place.
-        order = np.lexsort((rng.random(owner.size), owner))
-        permuted = meaning.copy()
-        permuted[np.argsort(owner, kind="stable")] = meaning[order]
-        shuffled.append(permuted)
+    fold = rng.permutation(meaning.size) % n_folds
+    shuffled = _shuffled_within_token(meaning, owner, rng, n_shuffles)
     majority = pd.crosstab(owner, meaning).values.max(axis=1).sum() / meaning.size
     layers = ds["layer"].values
     n_layers = routes.shape[1]
@@ -327,4 +344,66 @@ def meaning_prediction(
                     "n_paths_seen": int(code.max() + 1),
                 }
             )
+    return pd.DataFrame(rows)
+
+
+def meaning_prediction_nested(
+    ds: xr.Dataset,
+    n_outer: int = 5,
+    n_inner: int = 4,
+    n_shuffles: int = 5,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Return the meaning-from-route accuracy of the best single layer and of the best path
+    window, each chosen on inner folds and scored on outer ones (nested cross-validation).
+
+    :func:`meaning_prediction` scores every window on the same folds; the best of many
+    windows is then biased upwards, more so for the predictor with more windows to choose
+    from (paths). Here, in each outer fold, every window of a predictor is scored by
+    ``n_inner``-fold cross-validation on the outer training rows only; the best is refitted
+    on them and scored on the held-out outer fold. Predictors, folds and baselines as
+    :func:`meaning_prediction`; the shuffled baseline runs the same nested procedure on
+    meanings permuted within each token id.
+
+    Returns
+    -------
+    DataFrame
+        Columns predictor ("single layer", "path"), accuracy (pooled over the outer folds),
+        accuracy_shuffled (mean over shuffles), majority_share, chosen (the window chosen in
+        each outer fold, "first_layer+length", joined by spaces), n_windows, n_occurrences.
+    """
+    routes, meaning, owner = _labelled_targets(ds, n_outer * n_inner)
+    rng = np.random.default_rng(seed)
+    outer = rng.permutation(meaning.size) % n_outer
+    inner = rng.permutation(meaning.size) % n_inner  # within an outer training set, its folds
+    n_layers = routes.shape[1]
+    windows = [(start, length) for start in range(n_layers) for length in range(1, n_layers - start + 1)]
+    codes = {w: path_codes(routes, w[0], w[1], prefix=owner) for w in windows}
+    by_predictor = {"single layer": [w for w in windows if w[1] == 1], "path": [w for w in windows if w[1] > 1]}
+
+    def nested(labels: np.ndarray, candidates: list) -> tuple[float, list]:
+        correct, chosen = 0, []
+        for k in range(n_outer):
+            train, test = outer != k, outer == k
+            scores = [_fold_accuracy(codes[w][train], labels[train], owner[train], inner[train]) for w in candidates]
+            best = candidates[int(np.argmax(scores))]
+            correct += int((_majority_guess(codes[best], labels, owner, train, test) == labels[test]).sum())
+            chosen.append(best)
+        return correct / labels.size, chosen
+
+    shuffled = _shuffled_within_token(meaning, owner, rng, n_shuffles)
+    majority = pd.crosstab(owner, meaning).values.max(axis=1).sum() / meaning.size
+    layers = ds["layer"].values
+    rows = []
+    for predictor, candidates in by_predictor.items():
+        if not candidates:
+            continue
+        accuracy, chosen = nested(meaning, candidates)
+        rows.append({
+            "predictor": predictor, "accuracy": accuracy,
+            "accuracy_shuffled": float(np.mean([nested(s, candidates)[0] for s in shuffled])),
+            "majority_share": majority,
+            "chosen": " ".join(f"{layers[start]}+{length}" for start, length in chosen),
+            "n_windows": len(candidates), "n_occurrences": int(meaning.size),
+        })
     return pd.DataFrame(rows)
