@@ -64,3 +64,33 @@ def test_routing_by_meaning_within_source_is_found():
 def test_random_routing_sits_at_its_null():
     found = excess(occurrences(lambda t, m, s, rng: int(rng.integers(0, 8))))
     assert all(abs(v) < 0.05 for v in found.values())
+
+
+def test_left_context_counts_only_contentful_tokens_before_each_token_in_its_sequence():
+    ds = xr.Dataset(coords={"seq": ("token", [0, 0, 0, 1, 1, 1]), "pos": ("token", [2, 0, 1, 0, 1, 2]),
+                            "token_str": ("token", ["#", " ", "\n", "the", " ", " bank"])})
+    # sequence 0 read in order of pos: " ", "\n", "#"; sequence 1: "the", " ", " bank"
+    assert information.left_context_tokens(ds).tolist() == [0, 0, 0, 0, 1, 1]
+
+
+def test_meaning_is_measured_apart_where_the_model_read_nothing_before_the_target():
+    rng = np.random.default_rng(1)
+    n = 400
+    meaning = rng.integers(0, 2, n)
+    with_context = np.arange(n) % 2 == 0
+    # routes follow meaning only where there was text to read it from
+    expert = np.where(with_context, meaning, rng.integers(0, 2, n))
+    # each occurrence is its own sample: one token before the target, a word or a blank
+    ids = np.repeat(np.stack([expert, expert + 2], axis=-1)[:, None, :], 2, axis=0).astype(np.int16)
+    ds = xr.Dataset(
+        {"expert_id": (("token", "layer", "slot"), ids)},
+        coords={"layer": [0], "seq": ("token", np.repeat(np.arange(n), 2)), "pos": ("token", np.tile([0, 1], n)),
+                "token_str": ("token", np.ravel([["word" if c else " ", " bank"] for c in with_context])),
+                "token_id": ("token", np.tile([5, 100], n)),
+                "meaning": ("token", np.ravel([["", str(m)] for m in meaning])),
+                "source": ("token", np.full(2 * n, "speech")),
+                "is_target": ("token", np.tile([False, True], n))})
+    table = information.expert_information_by_context(ds, n_perm=50)
+    meaning_bits = table[table.measure == "I(E; M | T)"].set_index("context").excess
+    assert meaning_bits["some"] > 0.8 and abs(meaning_bits["none"]) < 0.05
+    assert set(table.n_occurrences) == {n // 2}

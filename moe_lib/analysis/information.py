@@ -15,6 +15,11 @@ Plug-in estimates of mutual information are biased upwards on small samples, so 
 set against a permutation null that keeps every count it conditions on: T shuffled over
 occurrences; M shuffled within T; S shuffled within T; M shuffled within (T, S). The
 ``excess`` (observed minus the null's mean) is what the label explains beyond chance.
+
+In a causal model an occurrence's route can depend on its meaning only through the text
+before it. A probe snippet that opens with the target (only whitespace before it) gives
+the router nothing to read the meaning from, so :func:`expert_information_by_context`
+measures the same quantities apart for occurrences with and without left context.
 """
 
 from __future__ import annotations
@@ -109,3 +114,34 @@ def expert_information(ds: xr.Dataset, n_perm: int = 200, seed: int = 0) -> pd.D
             rows.append({"layer": int(layer), "measure": measure, **_with_null(observed_fn, shuffle_fn, n_perm, rng),
                          "n_occurrences": len(expert)})
     return pd.DataFrame(rows)
+
+
+def left_context_tokens(ds: xr.Dataset) -> np.ndarray:
+    """Return, for every token row, how many tokens before it in its sequence are more
+    than whitespace: 0 where the model has read nothing that could carry a meaning."""
+    seq = np.asarray(ds["seq"].values)
+    pos = np.asarray(ds["pos"].values)
+    contentful = np.array([bool(str(t).strip()) for t in np.asarray(ds["token_str"].values).tolist()])
+    order = np.lexsort((pos, seq))
+    counts = np.zeros(len(seq), dtype=np.int64)
+    sorted_seq, sorted_content = seq[order], contentful[order].astype(np.int64)
+    # a running count of contentful tokens within each sequence, excluding the token itself
+    running = np.cumsum(sorted_content) - sorted_content
+    starts = np.r_[0, np.flatnonzero(sorted_seq[1:] != sorted_seq[:-1]) + 1]
+    offsets = np.repeat(running[starts], np.diff(np.r_[starts, len(seq)]))
+    counts[order] = running - offsets
+    return counts
+
+
+def expert_information_by_context(ds: xr.Dataset, n_perm: int = 200, seed: int = 0) -> pd.DataFrame:
+    """Return :func:`expert_information` apart for the target occurrences with no left
+    context (nothing but whitespace before them in their sample) and with some, told apart
+    by a ``context`` column ("none", "some"); a group with no occurrence is left out."""
+    has_context = left_context_tokens(ds) > 0
+    target = np.asarray(ds["is_target"].values, dtype=bool)
+    parts = []
+    for name, rows in (("none", target & ~has_context), ("some", target & has_context)):
+        if rows.any():
+            subset = ds.isel(token=np.flatnonzero(rows | ~target))  # every non-target row kept as it is
+            parts.append(expert_information(subset, n_perm=n_perm, seed=seed).assign(context=name))
+    return pd.concat(parts, ignore_index=True)
