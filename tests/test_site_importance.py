@@ -229,3 +229,16 @@ def test_build_lists_both_importance_stores_a_chapter_read(workspace):
                       "model": "m"}, kind="importance")
     listed = {Path(p).name.rsplit("-", 1)[0] for p in site_stores([])}
     assert {site_importance.SCORES_STORE, site_importance.STUDIES_STORE} <= listed
+
+
+def test_card_importance_ranks_each_layer_by_the_loss_without_renormalising():
+    scores = pd.DataFrame({
+        "model": ["m"] * 6, "layer": [1] * 6, "expert": [0, 0, 1, 1, 2, 2],
+        "renormalize": [False, True] * 3,
+        "loss_increase": [0.02, 9.0, 0.05, 0.0, -0.001, 9.0],
+        "loss_increase_lo": [0.01, 0, 0.04, 0, -0.002, 0], "loss_increase_hi": [0.03, 0, 0.06, 0, 0.0, 0],
+        "reap": [1.5, 1.5, 2.0, 2.0, 0.5, 0.5]})
+    cards = site_importance.card_importance(scores).set_index("expert")
+    assert cards["rank in its layer"].tolist() == ["2 of 3", "1 of 3", "3 of 3"]
+    assert cards.loc[1, "loss when removed (nats/token)"] == "+0.0500 [0.0400, 0.0600]"
+    assert cards.loc[2, "loss when removed (nats/token)"] == "−0.0010 [−0.0020, 0.0000]"

@@ -5,8 +5,8 @@ A card shows what :func:`moe_lib.site.explorer.expert_table` holds (load, most f
 most characteristic input tokens, domain mix, example contexts with the routed tokens
 marked) and, when given, the expert's **importance**: any per-expert measure table with
 columns ``model``, ``layer``, ``expert`` (e.g. the change of held-out loss when the expert
-is removed, from ``moe_lib.interventions``), each other column shown under its name. No
-such table is passed until that analysis is cached; the cards then say nothing of importance.
+is removed, :func:`moe_lib.site.importance.card_importance`), each other column shown under
+its name. A model without that analysis cached gets cards that say nothing of importance.
 
 The output is Markdown for a cell with ``output: asis``: a heading per model and layer (so
 Quarto's table of contents lists them) and each layer's cards as a raw HTML block.

@@ -363,6 +363,26 @@ def extreme_experts(scores: pd.DataFrame, experts: pd.DataFrame, n: int = 1, n_t
     return picked.sort_values(["model", "layer", "rank"]).reset_index(drop=True)
 
 
+def card_importance(scores: pd.DataFrame) -> pd.DataFrame:
+    """Return the importance line of each expert's card (:mod:`moe_lib.site.expert_cards`):
+    per model, layer and expert, the held-out loss increase when it alone is removed (its
+    slot dropped, weights not renormalised) with its 95 % interval, its rank in its layer
+    by that increase (1 = the layer's most needed), and its REAP score."""
+    from moe_lib.site.prose import interval
+
+    dropped = scores[~scores["renormalize"].astype(bool)].copy()
+    dropped["rank"] = dropped.groupby(["model", "layer"], observed=True)["loss_increase"].rank(
+        ascending=False, method="min").astype(int)
+    size = dropped.groupby(["model", "layer"], observed=True)["expert"].transform("size")
+    return pd.DataFrame({
+        "model": dropped["model"].astype(str), "layer": dropped["layer"], "expert": dropped["expert"],
+        "loss when removed (nats/token)": [str(interval(v, lo, hi, 4, sign=True)) for v, lo, hi in zip(
+            dropped["loss_increase"], dropped["loss_increase_lo"], dropped["loss_increase_hi"])],
+        "rank in its layer": [f"{r} of {n}" for r, n in zip(dropped["rank"], size)],
+        "REAP": dropped["reap"].astype(float),
+    }).reset_index(drop=True)
+
+
 def chapter_numbers(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """Return one row per model (the index) of the numbers the chapter's prose quotes.
 
