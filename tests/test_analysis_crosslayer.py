@@ -57,6 +57,32 @@ def test_context_specialization_against_shuffled_meanings():
     assert (mixed["context_p_value"] > 0.05).all()
 
 
+def confounded_trace(route_by, n=600, seed=0):
+    """Token 5 with meanings a/b from sources s/t, meaning and source agreeing 80 % of the
+    time (the probe's confound); its top-1 expert follows ``route_by`` ("source" or "meaning")."""
+    rng = np.random.default_rng(seed)
+    source = rng.integers(0, 2, n)
+    meaning = np.where(rng.random(n) < 0.8, source, 1 - source)
+    expert = source if route_by == "source" else meaning
+    ids = np.stack([expert, expert + 2], axis=1)
+    return make_trace(ids, 4, token_id=np.full(n, 5),
+                      labels={"is_target": np.ones(n, bool), "meaning": np.array(["a", "b"])[meaning].astype(object),
+                              "source": np.array(["s", "t"])[source].astype(object)})
+
+
+def test_the_source_matched_null_absorbs_routing_by_source_and_keeps_routing_by_meaning():
+    by_source = crosslayer.specialization_js(confounded_trace("source"), n_permutations=50)
+    # meaning looks specialised against the plain shuffle: it rides on source
+    assert (by_source["context_js"] > by_source["context_js_shuffled_q95"] + 0.1).all()
+    # within source, shuffling meanings changes nothing the routes follow
+    assert (by_source["context_js"] < by_source["context_js_source_shuffled_q95"] + 0.02).all()
+    by_meaning = crosslayer.specialization_js(confounded_trace("meaning"), n_permutations=50)
+    assert (by_meaning["context_js"] > by_meaning["context_js_source_shuffled_q95"] + 0.1).all()
+    # no source label: no source-matched null
+    assert polysemous_trace().pipe(crosslayer.specialization_js, n_permutations=5)[
+        "context_js_source_shuffled"].isna().all()
+
+
 def test_permutation_baseline_is_seeded():
     ds = polysemous_trace(separate=False)
     a = crosslayer.specialization_js(ds, n_permutations=10, seed=4)

@@ -98,6 +98,14 @@ def _context_js(counts: np.ndarray) -> np.ndarray:
     return js_distance(counts[present], np.broadcast_to(pooled, counts[present].shape)).mean(axis=0)
 
 
+def _permute_within(labels: np.ndarray, groups: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Return ``labels`` permuted within each group: every group keeps its own labels."""
+    order = np.lexsort((rng.random(len(labels)), groups))  # rows by group, shuffled within it
+    out = labels.copy()
+    out[np.argsort(groups, kind="stable")] = labels[order]
+    return out
+
+
 def specialization_js(
     ds: xr.Dataset,
     token_id: int | None = None,
@@ -125,7 +133,9 @@ def specialization_js(
     -------
     DataFrame
         Columns layer, n_occurrences, n_meanings, context_js, context_js_shuffled (mean over
-        shuffles), context_js_shuffled_q95, context_p_value, token_js, token_js_random,
+        shuffles), context_js_shuffled_q95, context_p_value, context_js_source_shuffled and its
+        _q95 (meanings shuffled within each source: the source-matched null; NaN without a
+        ``source`` label), token_js, token_js_random,
         token_js_random_q95, token_p_value. P-values are (1 + #baseline >= observed) /
         (1 + n_permutations).
     """
@@ -160,6 +170,12 @@ def specialization_js(
             for _ in range(n_permutations)
         ]
     )
+    # Source-matched null: meanings shuffled only among occurrences of the same source, so
+    # whatever routing follows the source (genre) is kept and only meaning within it broken.
+    source = np.asarray(occ["source"].values)[keep] if "source" in occ.coords else None
+    by_source = (np.stack([_context_js(group_expert_counts(ids, _permute_within(meaning, source, rng), n_meanings,
+                                                           n_experts)) for _ in range(n_permutations)])
+                 if source is not None else np.full((1, len(context)), np.nan))
     return pd.DataFrame(
         {
             "layer": occ["layer"].values,
@@ -169,6 +185,8 @@ def specialization_js(
             "context_js_shuffled": shuffled.mean(axis=0),
             "context_js_shuffled_q95": np.quantile(shuffled, 0.95, axis=0),
             "context_p_value": (1 + (shuffled >= context).sum(axis=0)) / (1 + n_permutations),
+            "context_js_source_shuffled": by_source.mean(axis=0),
+            "context_js_source_shuffled_q95": np.quantile(by_source, 0.95, axis=0),
             "token_js": token,
             "token_js_random": random.mean(axis=0),
             "token_js_random_q95": np.quantile(random, 0.95, axis=0),
