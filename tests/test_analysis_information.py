@@ -6,6 +6,7 @@ import pytest
 import xarray as xr
 
 from moe_lib.analysis import information
+from moe_lib.analysis.common import permute_within
 
 
 def test_mutual_information_of_known_distributions():
@@ -19,7 +20,7 @@ def test_mutual_information_of_known_distributions():
 def test_shuffles_keep_each_groups_labels():
     rng = np.random.default_rng(0)
     labels, groups = rng.integers(0, 3, 300), rng.integers(0, 5, 300)
-    shuffled = information.shuffle_within(labels, groups, rng)
+    shuffled = permute_within(labels, groups, rng)
     assert not (shuffled == labels).all()
     for group in range(5):
         assert np.array_equal(np.bincount(shuffled[groups == group], minlength=3),

@@ -187,3 +187,24 @@ def test_route_map_table_carries_each_sampled_tokens_own_labels():
     np.testing.assert_array_equal(table["domain"], ds["domain"].values[tokens])
     np.testing.assert_array_equal(table["language"], ds["language"].values[tokens])
     assert (table.groupby("path")["domain"].nunique() == 1).all()  # the experts split the domains
+
+
+def token_decides_domain_trace(n_per_domain: int = 100, token_follows_domain: bool = True, seed: int = 0):
+    """Routes follow the domain; token ids follow it too (token 1 in A, 2 in B) or not."""
+    rng = np.random.default_rng(seed)
+    domain = np.repeat(["A", "B"], n_per_domain).astype(object)
+    token = np.where(domain == "A", 1, 2) if token_follows_domain else rng.integers(1, 3, 2 * n_per_domain)
+    routes = np.where(domain == "A", 0, 1)[:, None].repeat(2, axis=1)
+    return make_trace(routes, 4, token_id=token, labels={"domain": domain})
+
+
+def test_the_token_keeping_nulls_explain_domain_routes_that_token_identity_decides():
+    by_token = token_decides_domain_trace()
+    cover = site_tables.paths_to_cover_with_baseline(by_token, n_shuffles=5).set_index("domain")
+    assert (cover["n_paths_80_shuffled"] == 2).all() and (cover["n_paths_80_token_null"] == 1).all()
+    clusters = site_tables.route_cluster_agreement(by_token, n_permutations=20).set_index("label")
+    assert clusters.loc["domain", "ami_token_null"] == pytest.approx(1.0) and clusters.loc["domain", "p_value_token"] == 1
+    # token ids independent of the domain: within-token shuffles break the routes' domain
+    free = site_tables.route_cluster_agreement(token_decides_domain_trace(token_follows_domain=False),
+                                               n_permutations=20).set_index("label")
+    assert abs(free.loc["domain", "ami_token_null"]) < 0.05 and free.loc["domain", "p_value_token"] < 0.1

@@ -20,6 +20,7 @@ from moe_lib.analysis.common import (
     js_distance,
     label_codes,
     layer_expert_counts,
+    permute_within,
     top1,
 )
 
@@ -98,14 +99,6 @@ def _context_js(counts: np.ndarray) -> np.ndarray:
     return js_distance(counts[present], np.broadcast_to(pooled, counts[present].shape)).mean(axis=0)
 
 
-def _permute_within(labels: np.ndarray, groups: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Return ``labels`` permuted within each group: every group keeps its own labels."""
-    order = np.lexsort((rng.random(len(labels)), groups))  # rows by group, shuffled within it
-    out = labels.copy()
-    out[np.argsort(groups, kind="stable")] = labels[order]
-    return out
-
-
 def specialization_js(
     ds: xr.Dataset,
     token_id: int | None = None,
@@ -173,7 +166,7 @@ def specialization_js(
     # Source-matched null: meanings shuffled only among occurrences of the same source, so
     # whatever routing follows the source (genre) is kept and only meaning within it broken.
     source = np.asarray(occ["source"].values)[keep] if "source" in occ.coords else None
-    by_source = (np.stack([_context_js(group_expert_counts(ids, _permute_within(meaning, source, rng), n_meanings,
+    by_source = (np.stack([_context_js(group_expert_counts(ids, permute_within(meaning, source, rng), n_meanings,
                                                            n_experts)) for _ in range(n_permutations)])
                  if source is not None else np.full((1, len(context)), np.nan))
     return pd.DataFrame(

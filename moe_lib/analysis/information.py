@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from moe_lib.analysis.common import top1
+from moe_lib.analysis.common import permute_within, top1
 from moe_lib.analysis.crosslayer import target_occurrences
 
 
@@ -57,18 +57,6 @@ def conditional_mutual_information(x: np.ndarray, y: np.ndarray, given: np.ndarr
         rows = given == group
         total += rows.sum() / n * mutual_information(x[rows], y[rows])
     return total
-
-
-def shuffle_within(labels: np.ndarray, groups: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
-    """Return ``labels`` permuted within each group (over all rows without groups): every
-    group keeps its own multiset of labels."""
-    out = labels.copy()
-    if groups is None:
-        return rng.permutation(out)
-    for group in np.unique(groups):
-        rows = np.flatnonzero(groups == group)
-        out[rows] = out[rng.permutation(rows)]
-    return out
 
 
 def _with_null(observed_fn, shuffle_fn, n_perm: int, rng: np.random.Generator) -> dict:
@@ -101,14 +89,14 @@ def expert_information(ds: xr.Dataset, n_perm: int = 200, seed: int = 0) -> pd.D
         rng = np.random.default_rng(seed)
         measures = {
             "I(E; T)": (lambda lab: mutual_information(expert, token if lab is None else lab),
-                        lambda r: shuffle_within(token, None, r)),
+                        lambda r: permute_within(token, None, r)),
             "I(E; M | T)": (lambda lab: conditional_mutual_information(expert, meaning if lab is None else lab, token),
-                            lambda r: shuffle_within(meaning, token, r)),
+                            lambda r: permute_within(meaning, token, r)),
             "I(E; S | T)": (lambda lab: conditional_mutual_information(expert, source if lab is None else lab, token),
-                            lambda r: shuffle_within(source, token, r)),
+                            lambda r: permute_within(source, token, r)),
             "I(E; M | T, S)": (lambda lab: conditional_mutual_information(
                                    expert, meaning if lab is None else lab, token_source),
-                               lambda r: shuffle_within(meaning, token_source, r)),
+                               lambda r: permute_within(meaning, token_source, r)),
         }
         for measure, (observed_fn, shuffle_fn) in measures.items():
             rows.append({"layer": int(layer), "measure": measure, **_with_null(observed_fn, shuffle_fn, n_perm, rng),

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from moe_lib.analysis.common import entropy_bits, label_codes, top1
+from moe_lib.analysis.common import entropy_bits, label_codes, permute_within, top1
 
 LABELS = ("meaning", "domain", "language")
 
@@ -287,18 +287,6 @@ def _labelled_targets(ds: xr.Dataset, minimum: int) -> tuple[np.ndarray, np.ndar
     return top1(ds)[rows_kept], meaning[rows_kept], owner
 
 
-def _shuffled_within_token(meaning: np.ndarray, owner: np.ndarray, rng: np.random.Generator, n: int) -> list:
-    """Return ``n`` permutations of ``meaning`` within each owner (token id)."""
-    shuffled = []
-    for _ in range(n):
-        # sort by (owner, random key), then place back in owner order
-        order = np.lexsort((rng.random(owner.size), owner))
-        permuted = meaning.copy()
-        permuted[np.argsort(owner, kind="stable")] = meaning[order]
-        shuffled.append(permuted)
-    return shuffled
-
-
 def meaning_prediction(
     ds: xr.Dataset,
     max_length: int | None = None,
@@ -323,7 +311,7 @@ def meaning_prediction(
     routes, meaning, owner = _labelled_targets(ds, n_folds)
     rng = np.random.default_rng(seed)
     fold = rng.permutation(meaning.size) % n_folds
-    shuffled = _shuffled_within_token(meaning, owner, rng, n_shuffles)
+    shuffled = [permute_within(meaning, owner, rng) for _ in range(n_shuffles)]
     majority = pd.crosstab(owner, meaning).values.max(axis=1).sum() / meaning.size
     layers = ds["layer"].values
     n_layers = routes.shape[1]
@@ -391,7 +379,7 @@ def meaning_prediction_nested(
             chosen.append(best)
         return correct / labels.size, chosen
 
-    shuffled = _shuffled_within_token(meaning, owner, rng, n_shuffles)
+    shuffled = [permute_within(meaning, owner, rng) for _ in range(n_shuffles)]
     majority = pd.crosstab(owner, meaning).values.max(axis=1).sum() / meaning.size
     layers = ds["layer"].values
     rows = []

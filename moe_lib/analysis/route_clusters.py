@@ -15,7 +15,7 @@ from scipy.stats import rankdata
 from sklearn.cluster import HDBSCAN
 from sklearn.metrics import adjusted_mutual_info_score
 
-from moe_lib.analysis.common import label_codes, top1
+from moe_lib.analysis.common import label_codes, permute_within, top1
 from moe_lib.analysis.paths import LABELS, window_start
 
 
@@ -68,7 +68,8 @@ def cluster_label_agreement(
     -------
     DataFrame
         Columns label, n_tokens, n_clusters, noise_share, ami, ami_shuffled (mean),
-        ami_shuffled_q95, p_value.
+        ami_shuffled_q95, p_value, and the token-keeping null (the label shuffled within
+        each token id): ami_token_null (mean), ami_token_null_q95, p_value_token.
     """
     rng = np.random.default_rng(seed)
     rows = []
@@ -85,6 +86,11 @@ def cluster_label_agreement(
         shuffled = np.array(
             [adjusted_mutual_info_score(rng.permutation(values), cluster) for _ in range(n_permutations)]
         )
+        # Routes mostly follow token identity: the label shuffled within each token id keeps
+        # what the tokens alone explain, and breaks only what the label adds to them.
+        token = np.asarray(ds["token_id"].values)[clusters["token"].values][keep] if "token_id" in ds.coords else None
+        within = np.array([adjusted_mutual_info_score(permute_within(values, token, rng), cluster)
+                           for _ in range(n_permutations)]) if token is not None else np.full(1, np.nan)
         rows.append(
             {
                 "label": name,
@@ -95,6 +101,10 @@ def cluster_label_agreement(
                 "ami_shuffled": float(shuffled.mean()),
                 "ami_shuffled_q95": float(np.quantile(shuffled, 0.95)),
                 "p_value": (1 + int((shuffled >= ami).sum())) / (1 + n_permutations),
+                "ami_token_null": float(within.mean()),
+                "ami_token_null_q95": float(np.quantile(within, 0.95)),
+                "p_value_token": (1 + int((within >= ami).sum())) / (1 + n_permutations) if token is not None
+                else float("nan"),
             }
         )
     return pd.DataFrame(rows)

@@ -15,6 +15,7 @@ import pandas as pd
 import xarray as xr
 
 from moe_lib.analysis import crosslayer, saturation
+from moe_lib.analysis.common import permute_within
 
 
 def token_id_of(ds: xr.Dataset, token_str: str) -> int:
@@ -274,19 +275,24 @@ def paths_to_cover_with_baseline(ds: xr.Dataset, label: str = "domain", shares=(
 
     The baseline shuffles the label over the tokens (keeping each value's size) and counts
     again: the paths a value would need if its tokens were a random draw of the probe.
-    Extra columns ``n_paths_<pct>_shuffled`` (mean over shuffles) for each share.
+    Extra columns ``n_paths_<pct>_shuffled`` (mean over shuffles) for each share, and
+    ``n_paths_<pct>_token_null``: the label shuffled only within each token id, so the
+    draw keeps the value's tokens and what their identities alone decide.
     """
     from moe_lib.analysis import paths
 
     observed = paths.paths_to_cover(ds, label=label, shares=tuple(shares))
     rng = np.random.default_rng(seed)
     values = np.asarray(ds[label].values, dtype=object)
-    shuffled = [paths.paths_to_cover(ds.assign_coords({label: ("token", rng.permutation(values))}), label=label,
-                                     shares=tuple(shares)).set_index(label) for _ in range(n_shuffles)]
-    for share in shares:
-        column = f"n_paths_{round(share * 100)}"
-        mean = sum(s[column] for s in shuffled) / n_shuffles
-        observed[f"{column}_shuffled"] = mean.reindex(observed[label]).to_numpy()
+    token = np.asarray(ds["token_id"].values)
+    nulls = {"shuffled": None, "token_null": token}  # over all tokens; within each token id
+    for suffix, groups in nulls.items():
+        shuffled = [paths.paths_to_cover(ds.assign_coords({label: ("token", permute_within(values, groups, rng))}),
+                                         label=label, shares=tuple(shares)).set_index(label) for _ in range(n_shuffles)]
+        for share in shares:
+            column = f"n_paths_{round(share * 100)}"
+            mean = sum(s[column] for s in shuffled) / n_shuffles
+            observed[f"{column}_{suffix}"] = mean.reindex(observed[label]).to_numpy()
     return observed
 
 
