@@ -225,9 +225,9 @@ def chapter_tables(models: list[str]) -> dict[str, pd.DataFrame]:
     tokens and domain mix (:func:`moe_lib.site.explorer.expert_table` of the domains probe,
     cached per model).
 
-    A project model whose final checkpoint is on disk is computed where missing
-    (:func:`importance_tables`); every other model is read from the cache (tiny test
-    presets only when asked for). Every table's ``model`` column is categorical, in the
+    A project model of ``models`` whose final checkpoint is on disk is computed where
+    missing (:func:`importance_tables`); every other model, other seeds included, is read
+    from the cache (tiny test presets only when asked for). Every table's ``model`` column is categorical, in the
     order of ``models``, then the others by name. Raises
     :class:`moe_lib.site.MissingDataError` when no model has results.
     """
@@ -235,7 +235,9 @@ def chapter_tables(models: list[str]) -> dict[str, pd.DataFrame]:
     from moe_lib.site import explorer_page
 
     wanted = seed_runs(models)
-    computed = {m: importance_tables(m) for m in wanted if site.own_recipe(m) is not None}
+    # computed only for the models asked for; their other seeds are shown where cached
+    # (`python -m moe_lib importance` or importance_tables makes them: ten minutes a run)
+    computed = {m: importance_tables(m) for m in wanted if m in models and site.own_recipe(m) is not None}
     frames = [t for t in computed.values() if t is not None]
     ran = [m for m, t in computed.items() if t is not None]
     shown = sorted(m for m in cached_score_models() if m not in ran and (m in wanted or not m.endswith("-tiny")))
