@@ -212,6 +212,9 @@ def test_build_runs_the_parameters_setup_and_data_cells_of_a_chapter():
         assert any("label: data" in s for s in sources), f"{path}: no cell labelled data"
         assert any("label: setup" in s for s in sources), f"{path}: no setup cell"
         assert not any("label: fig-" in s for s in sources)
+    # an include's data cell (label data-<name>) runs too, after the chapter's own data-<name> cell
+    routing = "\n".join(data_cells(chapter_files()[0].parent / "chapters" / "routing-basics.qmd"))
+    assert routing.index('seeds_chapter = "routing-basics"') < routing.index("seeds.across_seeds(")
 
 
 def test_trace_key_is_the_stores_key_and_tables_need_no_trace_once_cached(workspace, tmp_path, monkeypatch):

@@ -1,7 +1,8 @@
 """The site's pages as the build sees them: which cells compute data, run without rendering.
 
 A chapter's data come from its cell tagged ``parameters``, the shared ``setup`` cell and
-every cell labelled ``data`` (the pattern of ``chapters/README.md``). Running those cells
+every cell labelled ``data`` or ``data-...`` (the pattern of ``chapters/README.md``; an
+include that computes data labels its cell ``data-<name>``, since labels are unique on a page). Running those cells
 in-process computes exactly what the chapter will read from the cache, so
 ``python -m moe_lib build`` fills the cache and ``quarto render`` only reads it.
 """
@@ -45,14 +46,16 @@ def data_cells(path: Path) -> list[str]:
     """Return the sources of a chapter's cells that compute data, in order.
 
     Those are the cell tagged ``parameters``, the ``setup`` cell (from the shared include)
-    and every cell labelled ``data``: the chapter pattern of ``chapters/README.md``.
+    and every cell labelled ``data`` or ``data-<name>``: the chapter pattern of
+    ``chapters/README.md``.
     """
     chosen = []
     for match in CELL.finditer(expand_includes(path.read_text(encoding="utf-8"), path)):
         source = match.group(1)
         label = LABEL.search(source)
         tags = TAGS.search(source)
-        if (label and label.group(1) in ("setup", "data")) or (tags and "parameters" in tags.group(1)):
+        data = label and (label.group(1) in ("setup", "data") or label.group(1).startswith("data-"))
+        if data or (tags and "parameters" in tags.group(1)):
             chosen.append(source)
     return chosen
 
