@@ -65,7 +65,7 @@ def test_weights_that_differ_from_the_committed_run_get_keys_of_their_own(tmp_pa
     run_record.write_record(run_record.record_of(committed_run, MODEL))
     _ablation_store(committed_weights, run=1)
     _ablation_store("0123456789abcdef", run=2)  # newer, made from other weights
-    shown = lambda: set(site_ablations.latest_cached("ablation-heldout", site_ablations._project_weights([MODEL]))["run"])  # noqa: E731
+    shown = lambda: set(site_ablations.latest_cached("ablation-heldout", site_ablations.project_weights([MODEL]))["run"])  # noqa: E731
 
     # a fresh clone: no weights, only the committed record
     shutil.move(committed_run, tmp_path / "elsewhere")

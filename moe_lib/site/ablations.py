@@ -127,7 +127,7 @@ def latest_cached(name: str, weights: dict[str, str] | None = None) -> pd.DataFr
         return results
     stores = list_stores()
     written = {key: (Path(path).stat().st_mtime, key) for key, path in zip(stores["key"], stores["path"])}
-    made_from = {key: _store_weights(path) for key, path in zip(stores["key"], stores["path"])}
+    made_from = {key: store_weights(path) for key, path in zip(stores["key"], stores["path"])}
     runs = results[["model", "cache_key"]].drop_duplicates()
     expected = runs["model"].map(weights or {})
     runs = runs[expected.isna() | (runs["cache_key"].map(made_from) == expected)]
@@ -136,7 +136,7 @@ def latest_cached(name: str, weights: dict[str, str] | None = None) -> pd.DataFr
     return results[results["cache_key"].isin(set(newest))].reset_index(drop=True)
 
 
-def _store_weights(path) -> str | None:
+def store_weights(path) -> str | None:
     """Return the weights sha256 a cached run's identity names, or None."""
     import json
 
@@ -146,7 +146,7 @@ def _store_weights(path) -> str | None:
     return identity.get("weights_sha256")
 
 
-def _project_weights(models: list[str]) -> dict[str, str]:
+def project_weights(models: list[str]) -> dict[str, str]:
     """Return ``{model: sha256 of its final weights}`` for the project models of ``models``
     (run folder on disk, or committed record); "" where neither exists, which no store matches."""
     from moe_lib import site
@@ -180,7 +180,7 @@ def ablation_tables(benchmark: str, models: list[str], **options) -> tuple[pd.Da
             grids.append(found[0].assign(model=model))
             lenses.append(found[1].assign(model=model))
             ran.append(model)
-    weights = _project_weights(models)
+    weights = project_weights(models)
     for frames, name in ((grids, f"ablation-{benchmark}"), (lenses, f"lens-{benchmark}")):
         cached = latest_cached(name, weights)
         if not cached.empty:

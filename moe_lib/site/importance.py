@@ -158,13 +158,17 @@ def tables_from(scores: xr.Dataset, studies: pd.DataFrame) -> dict[str, pd.DataF
 def cached_importance_tables(models: list[str] | None = None) -> dict[str, pd.DataFrame]:
     """Return :func:`tables_from` for every model whose importance stores are cached (only
     ``models`` if given), concatenated, read without weights. A model's scores and studies
-    pair by their common key; where a model has several pairs, the one written last wins.
+    pair by their common key; a project model's stores count only when made from its
+    current weights (run folder, else committed record); where a model has several pairs,
+    the one written last wins.
     Empty dict when nothing is cached."""
     from pathlib import Path
 
     from moe_lib import site
     from moe_lib.core.cache import list_stores
     from moe_lib.interventions.ablation import cached_results
+
+    from moe_lib.site.ablations import project_weights, store_weights
 
     studies = cached_results(STUDIES_STORE)
     stores = list_stores()
@@ -174,6 +178,10 @@ def cached_importance_tables(models: list[str] | None = None) -> dict[str, pd.Da
         ds = xr.open_zarr(path, consolidated=False).load()
         model, written = ds.attrs.get("model", ""), Path(path).stat().st_mtime
         if rows.empty or (models is not None and model not in models):
+            continue
+        # a project model's stores made from other weights (an earlier or another run) are not its own
+        weights = project_weights([model]).get(model)
+        if weights is not None and store_weights(path) != weights:
             continue
         if model not in newest or written > newest[model][0]:
             newest[model] = (written, ds, rows)
