@@ -6,7 +6,7 @@ import pytest
 import xarray as xr
 
 from moe_lib.analysis import information
-from moe_lib.analysis.common import permute_within
+from moe_lib.analysis.shuffles import permute_within
 
 
 def test_mutual_information_of_known_distributions():

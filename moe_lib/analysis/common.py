@@ -144,17 +144,3 @@ def set_overlap(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         for j in range(b.shape[-1]):
             overlap += a[..., i] == b[..., j]
     return overlap
-
-
-def permute_within(labels: np.ndarray, groups: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
-    """Return ``labels`` permuted within each group (over all rows when ``groups`` is None):
-    every group keeps its own multiset of labels. The null of a label that keeps what it is
-    conditioned on, e.g. meanings shuffled within a token id, or within a token and source."""
-    labels = np.asarray(labels)
-    if groups is None:
-        return rng.permutation(labels)
-    groups = np.asarray(groups)
-    order = np.lexsort((rng.random(len(labels)), groups))  # rows by group, shuffled within it
-    out = labels.copy()
-    out[np.argsort(groups, kind="stable")] = labels[order]
-    return out

@@ -20,9 +20,9 @@ from moe_lib.analysis.common import (
     js_distance,
     label_codes,
     layer_expert_counts,
-    permute_within,
     top1,
 )
+from moe_lib.analysis.shuffles import permute_within
 
 
 def target_occurrences(ds: xr.Dataset, token_id: int | None = None) -> xr.Dataset:

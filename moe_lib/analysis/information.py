@@ -28,7 +28,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from moe_lib.analysis.common import permute_within, top1
+from moe_lib.analysis.common import top1
+from moe_lib.analysis.shuffles import permute_within
 from moe_lib.analysis.crosslayer import target_occurrences
 
 

@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from moe_lib.analysis.common import entropy_bits, label_codes, permute_within, top1
+from moe_lib.analysis.common import entropy_bits, label_codes, top1
+from moe_lib.analysis.shuffles import permute_within
 
 LABELS = ("meaning", "domain", "language")
 

@@ -15,7 +15,8 @@ from scipy.stats import rankdata
 from sklearn.cluster import HDBSCAN
 from sklearn.metrics import adjusted_mutual_info_score
 
-from moe_lib.analysis.common import label_codes, permute_within, top1
+from moe_lib.analysis.common import label_codes, top1
+from moe_lib.analysis.shuffles import permute_within
 from moe_lib.analysis.paths import LABELS, window_start
 
 

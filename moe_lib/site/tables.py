@@ -15,7 +15,7 @@ import pandas as pd
 import xarray as xr
 
 from moe_lib.analysis import crosslayer, saturation
-from moe_lib.analysis.common import permute_within
+from moe_lib.analysis.shuffles import permute_within
 
 
 def token_id_of(ds: xr.Dataset, token_str: str) -> int:
