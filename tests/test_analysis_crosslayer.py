@@ -67,7 +67,13 @@ def confounded_trace(route_by, n=600, seed=0):
     ids = np.stack([expert, expert + 2], axis=1)
     return make_trace(ids, 4, token_id=np.full(n, 5),
                       labels={"is_target": np.ones(n, bool), "meaning": np.array(["a", "b"])[meaning].astype(object),
-                              "source": np.array(["s", "t"])[source].astype(object)})
+                              "source": np.array([f"{'st'[s]}:doc{i}:line 1 [validation]"
+                                                  for i, s in enumerate(source)], dtype=object)})
+
+
+def test_corpus_source_is_the_genre_before_the_samples_place():
+    places = ["sotu:1863-lincoln:line 4 [validation]", "gcide:B:line 9 [unused]", "plain"]
+    assert crosslayer.corpus_source(places).tolist() == ["sotu", "gcide", "plain"]
 
 
 def test_the_source_matched_null_absorbs_routing_by_source_and_keeps_routing_by_meaning():

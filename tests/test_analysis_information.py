@@ -40,7 +40,9 @@ def occurrences(route, n=400, seed=0) -> xr.Dataset:
     return xr.Dataset(
         {"expert_id": (("token", "layer", "slot"), ids)},
         coords={"layer": [0], "token_id": ("token", token + 100), "meaning": ("token", meaning.astype(str)),
-                "source": ("token", np.array(["speech", "dictionary"])[source]),
+                # each sample's own place, as the probe labels it; its genre is the part before ":"
+                "source": ("token", [f"{('speech', 'dictionary')[s]}:doc{i}:line {i} [validation]"
+                                     for i, s in enumerate(source)]),
                 "is_target": ("token", np.ones(n, bool))})
 
 

@@ -40,6 +40,14 @@ def target_occurrences(ds: xr.Dataset, token_id: int | None = None) -> xr.Datase
     return ds.isel(token=np.flatnonzero(mask))
 
 
+def corpus_source(locations) -> np.ndarray:
+    """Return the corpus source of each sample: the part of its ``source`` label before the
+    first colon ("sotu:1863-lincoln:line 4 [validation]" gives "sotu"). The label names the
+    sample's place, one sentence or line; the corpus source is the genre a meaning can be
+    confounded with (speeches, the dictionary, kernel documentation, ...)."""
+    return np.array([str(v).split(":", 1)[0] for v in np.asarray(locations).tolist()], dtype=object)
+
+
 def one_token_occurrences(ds: xr.Dataset, token_id: int | None) -> xr.Dataset:
     """Return the target occurrences of one token; without ``token_id`` the trace's
     targets must all be the same token, since pooling several would mix their meanings."""
@@ -163,9 +171,9 @@ def specialization_js(
             for _ in range(n_permutations)
         ]
     )
-    # Source-matched null: meanings shuffled only among occurrences of the same source, so
-    # whatever routing follows the source (genre) is kept and only meaning within it broken.
-    source = np.asarray(occ["source"].values)[keep] if "source" in occ.coords else None
+    # Source-matched null: meanings shuffled only among occurrences of the same corpus source,
+    # so whatever routing follows the source (genre) is kept and only meaning within it broken.
+    source = corpus_source(occ["source"].values)[keep] if "source" in occ.coords else None
     by_source = (np.stack([_context_js(group_expert_counts(ids, permute_within(meaning, source, rng), n_meanings,
                                                            n_experts)) for _ in range(n_permutations)])
                  if source is not None else np.full((1, len(context)), np.nan))

@@ -30,7 +30,7 @@ import xarray as xr
 
 from moe_lib.analysis.common import top1
 from moe_lib.analysis.shuffles import permute_within
-from moe_lib.analysis.crosslayer import target_occurrences
+from moe_lib.analysis.crosslayer import corpus_source, target_occurrences
 
 
 def codes(values) -> np.ndarray:
@@ -82,7 +82,7 @@ def expert_information(ds: xr.Dataset, n_perm: int = 200, seed: int = 0) -> pd.D
     experts = top1(occ)  # (token, layer)
     token = codes(occ["token_id"].values)
     meaning = codes([f"{t}\0{m}" for t, m in zip(occ["token_id"].values, occ["meaning"].values)])
-    source = codes(occ["source"].values)
+    source = codes(corpus_source(occ["source"].values))  # the genre, not the sample's own place
     token_source = codes([f"{t}\0{s}" for t, s in zip(token, source)])
     rows = []
     for index, layer in enumerate(occ["layer"].values):
