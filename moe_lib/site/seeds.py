@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from moe_lib.analysis import crosslayer, distribution, information, saturation, specialization
+from moe_lib.analysis import distribution, information, saturation, specialization
 from moe_lib.site import tables as site_tables
 
 SEEDS = (0, 1, 2)
@@ -223,13 +223,13 @@ def across_seeds(models, chapter: str | None = None, seeds=SEEDS) -> pd.DataFram
     return spread(per_run(models, chapter, seeds))
 
 
-def findings(models, seeds=SEEDS) -> pd.DataFrame:
-    """Return the overview's findings table: one row per claim, a ``mean [lo, hi]`` text
-    column per model (its recipe's seeds), the baseline's mean over every run, the published
-    figure and the caveat."""
+def findings(runs: pd.DataFrame) -> pd.DataFrame:
+    """Return the overview's findings table from :func:`per_run` rows: one row per claim, a
+    ``mean [lo, hi] (n seeds)`` text column per model (its recipe's seeds), the baseline's
+    mean over every run, the published figure and the caveat."""
     from moe_lib.site.prose import interval
 
-    table = across_seeds(models, seeds=seeds)
+    table = spread(runs)
     recipes = list(dict.fromkeys(table["recipe"].astype(str)))
     rows = []
     for claim in CLAIMS:
