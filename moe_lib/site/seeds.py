@@ -178,7 +178,7 @@ CAVEATS = {
     "adjacent-top1": "repeated tokens in a row count as sharing",
     "saturation-1pct": "our 1 % is a few hundred thousand tokens, OLMoE's about 50 B",
     "bits-meaning": "meaning is largely confounded with source in the probe",
-    "bits-meaning-within-source": "few tokens have two meanings inside one source",
+    "bits-meaning-within-source": "only tokens with two meanings in one corpus source contribute",
     "same-index": "the cross-layer model's shared router ties indices by design",
     "domain-tv": "our domains are whole genres (code, Bible, dictionary), easier to tell apart than web text",
 }
