@@ -6,6 +6,7 @@ import inspect
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import xarray as xr
@@ -215,6 +216,46 @@ def test_importance_command_writes_one_store_and_reuses_it(saved_olmoe, tmp_path
     capsys.readouterr()
     assert main(argv) == 0
     assert "already holds these scores" in capsys.readouterr().out
+
+
+def test_importance_command_stores_the_pruning_studies_on_held_out_texts(saved_olmoe, tmp_path, capsys):
+    scored, held_out = tmp_path / "scored.jsonl", tmp_path / "held-out.jsonl"
+    for path, texts in ((scored, TEXTS), (held_out, TEXTS[::-1])):
+        path.write_text("\n".join(json.dumps({"text": t, "domain": "ab"[i % 2]}) for i, t in enumerate(texts)))
+    out = tmp_path / "scores.zarr"
+    argv = ["importance", str(saved_olmoe), "--texts", str(scored), "--out", str(out), "--max-length", "16",
+            "--n-boot", "20", "--curves-texts", str(held_out), "--n-draws", "2"]
+    assert main(argv) == 0
+    studies = xr.open_zarr(out, group="studies", consolidated=False).load()
+    table = pd.DataFrame({c: studies[c].values for c in studies.attrs["columns"]})
+    curves = table[table.study == "curve"]
+    assert set(curves.curve) == {"frequency", "weight", "reap", "causal", "random"}
+    assert sorted(curves.n_removed.unique()) == [1, 2, 3, 4]  # 1 .. E/2 of 8 experts
+    assert curves[curves.curve == "random"].draw.nunique() == 2
+    assert set(table[table.study == "keep"].kept_for) == {"a", "b"}  # one expert set per scored domain
+    assert set(table.domain) == {"a", "b", "all"}
+    assert (table[table.study == "top_k"].top_k == 1).all()  # k' = 1 of the tiny model's top-2
+    assert xr.open_zarr(out, consolidated=False).sizes["expert"] == 8  # the scores stay at the root
+    capsys.readouterr()
+    assert main(argv) == 0 and "already holds these scores" in capsys.readouterr().out
+    assert main([*argv[:-2], "--n-draws", "3"]) == 1  # other settings: not the stored ones
+    assert "another model, texts or settings" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("lines", "extra", "named"), [
+    (['{"text": "one two", "domain": "a"}', '{"text": "three four"}'], [], "line 2 has no label field 'domain'"),
+    (['{"text": "one two"}'], ["--no-causal"], "drop --no-causal"),
+])
+def test_importance_command_refuses_bad_curve_settings_and_writes_nothing(saved_olmoe, tmp_path, capsys, lines,
+                                                                         extra, named):
+    texts, held_out = tmp_path / "texts.txt", tmp_path / "held-out.jsonl"
+    texts.write_text("\n".join(TEXTS))
+    held_out.write_text("\n".join(lines))
+    out = tmp_path / "scores.zarr"
+    argv = ["importance", str(saved_olmoe), "--texts", str(texts), "--out", str(out), "--curves-texts", str(held_out)]
+    assert main([*argv, *extra]) == 1
+    assert named in capsys.readouterr().err
+    assert list(tmp_path.glob("scores*")) == []
 
 
 @pytest.mark.parametrize(("content", "extra", "named"), [

@@ -136,7 +136,9 @@ def cached_dataset(name: str, identity: dict, compute: Callable[[], xr.Dataset])
     return xr.open_zarr(path, consolidated=False).load()
 
 
-def _table_to_dataset(df: pd.DataFrame) -> xr.Dataset:
+def table_to_dataset(df: pd.DataFrame) -> xr.Dataset:
+    """Return a tidy table as a Dataset along one ``row`` dim, ready for Zarr (text columns
+    as objects, the column order in attrs); :func:`dataset_to_table` reads it back."""
     flat = df.reset_index(drop=True)
     columns = {}
     for column in flat.columns:
@@ -147,14 +149,15 @@ def _table_to_dataset(df: pd.DataFrame) -> xr.Dataset:
     return xr.Dataset(columns, attrs={"columns": [str(c) for c in flat.columns]})
 
 
-def _dataset_to_table(ds: xr.Dataset) -> pd.DataFrame:
+def dataset_to_table(ds: xr.Dataset) -> pd.DataFrame:
+    """Return the table :func:`table_to_dataset` stored."""
     return pd.DataFrame({c: ds[c].values for c in ds.attrs["columns"]})
 
 
 def cached_table(name: str, identity: dict, compute: Callable[[], pd.DataFrame]) -> pd.DataFrame:
     """Return the tidy table ``compute()`` gives for ``identity``, from the cache if there."""
-    ds = cached_dataset(name, identity, lambda: _table_to_dataset(compute()))
-    return _dataset_to_table(ds)
+    ds = cached_dataset(name, identity, lambda: table_to_dataset(compute()))
+    return dataset_to_table(ds)
 
 
 def _size_bytes(path: Path) -> int:

@@ -89,6 +89,24 @@ def can_reroute(family_scoring: str) -> bool:
     return family_scoring in REROUTE_RULES
 
 
+def study_conditions(config, scores: xr.Dataset, scoring_domains: Sequence[str] | None, *, n_draws: int = 20,
+                     seed: int = 0) -> list[tuple[Condition, dict]]:
+    """Return the labelled conditions of the three studies for a model (its ``config``) and
+    its importance ``scores``: n = 1 .. E/2 removed in every layer (each criterion and
+    ``n_draws`` random draws), each domain of the scored texts keeping its E/2 most used
+    experts (left out when ``scoring_domains`` is None or names one domain), and k' = 1 ..
+    k - 1 experts per token."""
+    from moe_lib.models.families import family_of, top_k
+
+    reroute = can_reroute(family_of(config).scoring)
+    n_experts = scores.sizes["expert"]
+    labelled = curve_conditions(scores, range(1, n_experts // 2 + 1), n_draws=n_draws, seed=seed, reroute=reroute)
+    if scoring_domains is not None and len(set(scoring_domains)) > 1:
+        usage = domain_usage(scores, scoring_domains)
+        labelled += keep_conditions(usage, n_experts - n_experts // 2, reroute=reroute)
+    return labelled + topk_conditions(top_k(config))
+
+
 def run_studies(model, tokenizer, texts: Sequence[str], domains: Sequence[str],
                 labelled: Sequence[tuple[Condition, dict]], *, batch_size: int = 8, max_length: int = 256,
                 progress: bool = True) -> pd.DataFrame:

@@ -63,21 +63,6 @@ def _identity(loaded, model: str, scoring, evaluation, seed: int) -> dict:
             "n_draws": N_DRAWS, "seed": seed, "importance_version": IMPORTANCE_VERSION}
 
 
-def study_conditions(loaded, scores: xr.Dataset, scoring_domains, seed: int = 0) -> list:
-    """Return the labelled conditions of the three studies for a model and its scores:
-    n = 1 .. E/2 removed in every layer (each criterion, :data:`N_DRAWS` random draws),
-    each domain keeping its E/2 most used experts, and k' = 1 .. k - 1 experts per token."""
-    from moe_lib.models.families import family_of, top_k
-
-    reroute = pruning_curves.can_reroute(family_of(loaded.config).scoring)
-    n_experts = scores.sizes["expert"]
-    labelled = pruning_curves.curve_conditions(scores, range(1, n_experts // 2 + 1), n_draws=N_DRAWS, seed=seed,
-                                               reroute=reroute)
-    usage = pruning_curves.domain_usage(scores, scoring_domains)
-    labelled += pruning_curves.keep_conditions(usage, n_experts - n_experts // 2, reroute=reroute)
-    return labelled + pruning_curves.topk_conditions(top_k(loaded.config))
-
-
 def importance_tables(model: str, *, n_docs: int = N_DOCS, seed: int = 0, progress: bool = False
                       ) -> dict[str, pd.DataFrame] | None:
     """Return every table of the chapter for a project model (see :func:`tables_from`), from
@@ -111,7 +96,8 @@ def importance_tables(model: str, *, n_docs: int = N_DOCS, seed: int = 0, progre
     scores = cached_dataset(SCORES_STORE, identity, scores_of_model)
 
     def studies_of_model() -> pd.DataFrame:
-        labelled = study_conditions(loaded, scores, scoring[1]["domain"], seed)
+        labelled = pruning_curves.study_conditions(loaded.config, scores, scoring[1]["domain"], n_draws=N_DRAWS,
+                                                   seed=seed)
         rows = pruning_curves.run_studies(loaded, tokenizer, evaluation[0], evaluation[1]["domain"], labelled,
                                           max_length=MAX_LENGTH, progress=progress)
         return pruning_curves.summarize_studies(rows, labelled, seed=seed).assign(model=model)
