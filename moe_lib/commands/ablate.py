@@ -35,7 +35,9 @@ def add_command(subparsers) -> None:
     )
     parser.add_argument("model", help="registry name (see `info`), hub id org/name, or a local folder")
     parser.add_argument("--benchmark", choices=["mmlu", "heldout"], required=True)
-    parser.add_argument("--grid", choices=["default", "full"], default=default.grid, help="conditions")
+    parser.add_argument("--grid", choices=["default", "full", "layers"], default=default.grid,
+                        help="conditions: default and full (layer groups, ranks, controls), or layers (each layer's top-1 "
+                        "free, with its random and weight-matched controls, and with later routes held)")
     parser.add_argument("--n-questions", type=int, default=default.n_questions, help="MMLU questions, a seeded sample")
     parser.add_argument("--n-shots", type=int, default=default.n_shots,
                         help="solved dev questions before each question")

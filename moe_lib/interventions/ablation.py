@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from moe_lib.core.capture import find_moe_layers
 from moe_lib.interventions.lens import base_model, decoder_layers, unembed
+from moe_lib.interventions.held_routes import RouteRecorder, hold_routes
 from moe_lib.interventions.removal import ablate, select_layers
 from moe_lib.models.families import family_of
 
@@ -53,6 +54,8 @@ class Condition:
     random_control: bool = False
     experts: str | None = None  # "3,5" or "1:3,5;2:0" (expert ids, per layer)
     reroute: bool = False
+    weight_matched: bool = False  # control: every route loses the same weight, no expert goes
+    hold_later: bool = False  # MoE layers after the last ablated one keep the baseline's routes
 
     @classmethod
     def removing(cls, experts_by_layer: dict[int, Sequence[int]], **options) -> Condition:
@@ -74,7 +77,8 @@ class Condition:
         parts = [f"slots {self.slots}" if self.slots else "", f"experts {self.experts}" if self.experts else "",
                  "shared" if self.shared else "", layers]
         parts += ["renorm" if self.renormalize else "", "random" if self.random_control else "",
-                  "reroute" if self.reroute else ""]
+                  "reroute" if self.reroute else "", "weight-matched" if self.weight_matched else "",
+                  "later routes held" if self.hold_later else ""]
         return " | ".join(p for p in parts if p)
 
     def experts_by_layer(self) -> dict[int, list[int]] | list[int] | None:
@@ -101,6 +105,8 @@ class Condition:
         )
         if self.experts is not None:  # only then: older callers of ablate need not know the new keywords
             kwargs.update(experts=self.experts_by_layer(), reroute=self.reroute)
+        if self.weight_matched:
+            kwargs.update(weight_matched=True)
         return kwargs
 
     def columns(self) -> dict:
@@ -112,6 +118,9 @@ class Condition:
             row["layers"] = ",".join(map(str, self.layers))
         row["slots"] = self.slots or ""
         row["experts"] = self.experts or ""
+        for name in ("weight_matched", "hold_later"):  # columns only where used: older tables lack them
+            if not row[name]:
+                del row[name]
         return row
 
 
@@ -125,9 +134,23 @@ def grid_conditions(
     renormalised variant (no weight is left) nor a distinct control (all k of k go either
     way). ``"full"`` adds first 1 and last 1 layer, every single MoE layer (slots 0 and all),
     and, where the family has them, the shared experts alone.
+
+    ``"layers"``: each MoE layer alone loses each token's top-1 expert, four ways: free; with
+    its random control (one of the k routes at random); weight-matched (every route scaled
+    down by the top-1 weight's share, so the same weight goes and no expert does); and with
+    the later MoE layers' routes held at the baseline's (not for the last layer, where it is
+    the free condition). Free minus held is what re-routing downstream adds; free minus
+    weight-matched is what losing that expert costs beyond losing its weight.
     """
+    if grid == "layers":
+        conditions = [Condition(slots=None)]
+        for layer in moe_layers:
+            variants = [{}, {"random_control": True}, {"weight_matched": True}]
+            variants += [{"hold_later": True}] if layer != moe_layers[-1] else []
+            conditions += [Condition((layer,), "0", **options) for options in variants]
+        return conditions
     if grid not in ("default", "full"):
-        raise ValueError(f"grid={grid!r}: expected 'default' or 'full'")
+        raise ValueError(f"grid={grid!r}: expected 'default', 'full' or 'layers'")
     n_layers = len(moe_layers)
     half = max(1, n_layers // 2)
     layer_specs = ["all", f"first:{half}", f"last:{half}"]
@@ -248,6 +271,12 @@ def _check_fired(ablation, condition: Condition) -> None:
         )
 
 
+def _later_layers(condition: Condition, moe_layers: Sequence[int]) -> list[int]:
+    """Return the MoE layers after a condition's last ablated layer (those it may hold)."""
+    last = max(select_layers(condition.ablate_kwargs()["layers"], moe_layers))
+    return [layer for layer in moe_layers if layer > last]
+
+
 def run_grid(
     model,
     batches: Sequence[dict],
@@ -273,6 +302,7 @@ def run_grid(
     moe_layers = find_moe_layers(model, family_of(model.config))
     starts = {c: start_layer(c, moe_layers) for c in conditions}
     used_starts = {s for s in starts.values() if s is not None}
+    held = {c: _later_layers(c, moe_layers) for c in conditions if c.hold_later}
     device = next(model.parameters()).device
     frames = []
     bar = tqdm(total=len(batches) * len(conditions), desc="ablation grid", unit="run", disable=not progress)
@@ -281,12 +311,18 @@ def run_grid(
             input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device), use_cache=False
         )
         with torch.inference_mode():
+            # the baseline's routes, recorded where some condition holds later layers at them
+            recorder = RouteRecorder(model) if held else contextlib.nullcontext()
             if reuse:
                 kept = _KeptOutputs(model, {start - 1 for start in used_starts if start > 0})
                 try:
-                    baseline = base_model(model)(**inputs).last_hidden_state
+                    with recorder:
+                        baseline = base_model(model)(**inputs).last_hidden_state
                 finally:
                     kept.remove()
+            elif held:
+                with recorder:
+                    base_model(model)(**inputs)
             for condition in conditions:
                 if condition.is_baseline:
                     normed = baseline if reuse else base_model(model)(**inputs).last_hidden_state
@@ -297,7 +333,9 @@ def run_grid(
                         if reuse and start > 0
                         else contextlib.nullcontext()
                     )
-                    with ablate(model, **condition.ablate_kwargs(), seed=seed + index) as ablation, skip:
+                    hold = (hold_routes(model, {layer: recorder.routes[layer] for layer in held[condition]})
+                            if condition in held else contextlib.nullcontext())
+                    with ablate(model, **condition.ablate_kwargs(), seed=seed + index) as ablation, skip, hold:
                         normed = base_model(model)(**inputs).last_hidden_state
                     _check_fired(ablation, condition)
                 rows = score(model, normed, batch)

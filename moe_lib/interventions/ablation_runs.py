@@ -112,7 +112,7 @@ class RunSettings:
     which builds its options from these fields, as the ablations chapter does."""
 
     benchmark: str
-    grid: str = "default"  # "default" or "full": see ablation.grid_conditions
+    grid: str = "default"  # "default", "full" or "layers": see ablation.grid_conditions
     n_questions: int = 1000  # MMLU questions, a seeded sample
     n_shots: int = 5  # solved dev questions before each MMLU question
     prompt: str = "plain"  # MMLU prompts: "plain" text, or "chat" (in the tokenizer's chat template)

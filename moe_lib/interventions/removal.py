@@ -23,6 +23,11 @@ layers, but not the ones the condition picks:
   matches only as far as the drawn experts are as loaded as the chosen ones, so
   :meth:`Ablation.stats` reports what was actually removed.
 
+A weight-matched control (``weight_matched``) removes no expert: each token keeps all k
+routes, each scaled down so the token loses the same total weight the condition would
+remove. Against it, a removal shows what losing those experts costs beyond losing their
+weight (with top-2, the random control is only the mean of the two ranks).
+
 Two ways to remove an expert by id:
 
 - drop its slot (the default): tokens whose top-k includes it lose that slot, and keep
@@ -45,6 +50,7 @@ import pandas as pd
 import torch
 
 from moe_lib.core.capture import HookSet, experts_argument_names, find_moe_layers
+from moe_lib.interventions.held_routes import with_routes
 from moe_lib.models.families import family_of, n_experts, top_k
 from moe_lib.models.scoring import select_experts
 
@@ -116,6 +122,7 @@ class Ablation(HookSet):
         random_control: bool = False,
         seed: int = 0,
         reroute: bool = False,
+        weight_matched: bool = False,
     ):
         super().__init__()
         self.model = model
@@ -146,6 +153,10 @@ class Ablation(HookSet):
             raise ValueError(f"experts={list(experts)!r}: ids must lie in 0..{self.n_experts - 1}")
         if reroute:
             self._check_reroute(renormalize, random_control)
+        if weight_matched and (renormalize or random_control or reroute or (slots is None and experts is None)):
+            raise ValueError("weight_matched: a control of its own; give slots or experts, without renormalize, "
+                             "random_control or reroute")
+        self.weight_matched = weight_matched
         self.reroute = reroute
         self.renormalize = renormalize
         self.shared = shared
@@ -206,7 +217,12 @@ class Ablation(HookSet):
     def _new_weights(self, layer: int, ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         mask = self.removed(layer, ids, weights)
         kept = weights.masked_fill(mask, 0)
-        if self.renormalize:
+        if self.weight_matched:  # the same weight goes, spread over all k routes; no expert goes
+            total = weights.float().sum(-1, keepdim=True)
+            lost = weights.float().masked_fill(~mask, 0).sum(-1, keepdim=True)
+            scale = torch.where(total > 0, 1 - lost / total.clamp_min(torch.finfo(torch.float32).tiny), 1.0)
+            kept = (weights.float() * scale).to(weights.dtype)
+        elif self.renormalize:
             total = weights.float().sum(-1, keepdim=True)
             kept_sum = kept.float().sum(-1, keepdim=True)
             # a token that lost all k keeps nothing: there is no weight left to rescale
@@ -217,7 +233,7 @@ class Ablation(HookSet):
         stats["n_tokens"] += ids.shape[0]
         # Kept as tensors (no .item()): reading them would make every forward wait on the GPU.
         for name, value in (
-            ("n_removed", mask.sum()),
+            ("n_removed", torch.zeros((), dtype=torch.long) if self.weight_matched else mask.sum()),
             ("removed_weight", weights.float().masked_fill(~mask, 0).sum()),
             ("weight_before", weights.float().sum()),
             ("weight_after", kept.float().sum()),
@@ -259,9 +275,7 @@ class Ablation(HookSet):
                 ids, new = self._rerouted(layer, ids, weights)
             else:
                 new = self._new_weights(layer, ids, weights)
-            if len(args) > 2:  # ids and weights passed by position, as every family does today
-                return (args[0], ids, new, *args[3:]), kwargs
-            return args[:1], {**kwargs, **dict(zip(names[1:], args[1:])), names[1]: ids, names[2]: new}
+            return with_routes(args, kwargs, names, ids, new)
 
         return hook
 
@@ -330,6 +344,7 @@ def ablate(
     random_control: bool = False,
     seed: int = 0,
     reroute: bool = False,
+    weight_matched: bool = False,
 ) -> Ablation:
     """Return a context manager under which ``model`` runs with some routed experts removed.
 
@@ -357,5 +372,7 @@ def ablate(
     reroute : with ``experts``, mask the removed experts' router logits and let the family's
         rule pick k among the others (what a pruned checkpoint does) instead of dropping
         their slots; see the module docstring.
+    weight_matched : remove no expert; scale each token's routes down by the weight share
+        the condition would remove (the control of a removal; see the module docstring).
     """
-    return Ablation(model, layers, slots, experts, renormalize, shared, random_control, seed, reroute)
+    return Ablation(model, layers, slots, experts, renormalize, shared, random_control, seed, reroute, weight_matched)
