@@ -55,6 +55,28 @@ def test_grid_summary_by_domain_and_for_multiple_choice():
     assert (summary["chance"] == 0.25).all() and (summary["measure"] == "accuracy").all()
 
 
+def test_layer_contributions_by_hand():
+    # Two MoE layers (0, 1): per-item nll sums of each condition of the "layers" grid.
+    conditions = {Condition(): [20.0, 40.0]}
+    for layer, offset in ((0, 0.0), (1, 4.0)):
+        conditions[Condition((layer,), "0")] = [30.0 + offset, 50.0 + offset]
+        conditions[Condition((layer,), "0", random_control=True)] = [24.0, 44.0]
+        conditions[Condition((layer,), "0", weight_matched=True)] = [26.0, 46.0]
+    conditions[Condition((0,), "0", hold_later=True)] = [27.0, 47.0]
+    rows = pd.DataFrame([{**c.columns(), "item": i, "nll_sum": v, "n_predicted": 10, "model": "m"}
+                         for c, values in conditions.items() for i, v in enumerate(values)])
+    table = site_ablations.layer_contributions(rows).set_index(["layer", "contrast"])["delta"]
+    assert table[(0, "top-1 removed")] == pytest.approx(20 / 20)
+    assert table[(0, "random slot removed (control)")] == pytest.approx(8 / 20)
+    assert table[(0, "weight-matched (control)")] == pytest.approx(12 / 20)
+    assert table[(0, "top-1 removed, later routes held")] == pytest.approx(14 / 20)
+    assert table[(0, "expert beyond its weight")] == pytest.approx((80 - 72) / 20)  # free - weight-matched
+    assert table[(0, "re-routing downstream")] == pytest.approx((80 - 74) / 20)  # free - held
+    assert table[(1, "top-1 removed")] == pytest.approx(28 / 20)
+    assert (1, "re-routing downstream") not in table.index  # the last layer has no later routes to hold
+    assert len(table) == 6 + 4
+
+
 def test_grid_table_puts_the_control_beside_its_condition():
     summary = site_ablations.grid_summary(heldout_rows(NLL))
     rows = site_ablations.grid_rows(summary).set_index("cell")

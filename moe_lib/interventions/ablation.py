@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import pandas as pd
@@ -492,8 +492,9 @@ def bootstrap_summary(
     """
     by = list(by)
     alpha = (1 - level) / 2
-    # tables cached before ``experts`` and ``reroute`` existed lack those columns
-    condition_columns = [c for c in Condition().columns() if c in results.columns]
+    # tables cached before ``experts`` and ``reroute`` existed lack those columns, and the
+    # ``weight_matched`` and ``hold_later`` columns exist only where a condition uses them
+    condition_columns = [c for c in ["condition", *(f.name for f in fields(Condition))] if c in results.columns]
     described = results[condition_columns].drop_duplicates("condition")
     frames = []
     for key, group in results.groupby(by, sort=True) if by else [((), results)]:

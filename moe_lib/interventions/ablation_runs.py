@@ -237,6 +237,13 @@ def run_identity(
     }
 
 
+def grid_store(benchmark: str, grid: str = "default") -> str:
+    """Return the cache name of a grid's rows: ``ablation-{benchmark}`` for the default grid,
+    ``ablation-{grid}-{benchmark}`` for another, so that readers keeping one run per model
+    and name never take one grid for another."""
+    return f"ablation-{benchmark}" if grid == "default" else f"ablation-{grid}-{benchmark}"
+
+
 def cached_tables(
     model, tokenizer, texts: Sequence[str], labels: dict, *, name: str, benchmark: str, max_length: int,
     grid: str = "default", batch_size: int = 8, seed: int = 0, revision: str | None = None, lens: bool = True,
@@ -244,7 +251,7 @@ def cached_tables(
     """Return ``(grid rows, lens rows)`` of a run from the cache, computing and storing them
     if missing; the lens is None with ``lens=False``.
 
-    Stores ``ablation-{benchmark}`` (keyed by :func:`run_identity` and ``grid``) and
+    Stores :func:`grid_store` (keyed by :func:`run_identity` and ``grid``) and
     ``lens-{benchmark}`` (keyed by :func:`run_identity`); read them all back with
     :func:`~moe_lib.interventions.ablation.cached_results`. Sets :func:`large_blocks_by_mmap` first.
     """
@@ -255,7 +262,7 @@ def cached_tables(
     identity = run_identity(model, name=name, benchmark=benchmark, texts=texts, labels=labels,
                             max_length=max_length, seed=seed, revision=revision)
     options = dict(benchmark=benchmark, name=name, batch_size=batch_size, max_length=max_length, seed=seed)
-    grid_rows = cached_table(f"ablation-{benchmark}", {**identity, "grid": grid},
+    grid_rows = cached_table(grid_store(benchmark, grid), {**identity, "grid": grid},
                              lambda: grid_table(model, tokenizer, texts, labels, grid=grid, **options))
     if not lens:
         return grid_rows, None

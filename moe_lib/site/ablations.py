@@ -181,7 +181,8 @@ def ablation_tables(benchmark: str, models: list[str], **options) -> tuple[pd.Da
             lenses.append(found[1].assign(model=model))
             ran.append(model)
     weights = project_weights(models)
-    for frames, name in ((grids, f"ablation-{benchmark}"), (lenses, f"lens-{benchmark}")):
+    grid_store = ablation_runs.grid_store(benchmark, options.get("grid", "default"))
+    for frames, name in ((grids, grid_store), (lenses, f"lens-{benchmark}")):
         cached = latest_cached(name, weights)
         if not cached.empty:
             wanted = cached["model"].isin(models) | ~cached["model"].str.endswith("-tiny")
@@ -290,6 +291,54 @@ def multiple_comparisons(summary: pd.DataFrame, alpha: float = 0.05) -> pd.DataF
                      "n_raw": int((part["delta_p"] < alpha).sum()), "n_holm": int((adjusted < alpha).sum()),
                      "survivors": [str(c) for c in kept["condition"]]})
     return pd.DataFrame(rows, columns=["model", "n_tests", "n_raw", "n_holm", "survivors"])
+
+
+# The "layers" grid's comparisons: (label, condition, reference); None = the baseline.
+LAYER_CONTRASTS = (
+    ("top-1 removed", "free", None),
+    ("random slot removed (control)", "random", None),
+    ("weight-matched (control)", "weight", None),
+    ("top-1 removed, later routes held", "held", None),
+    ("expert beyond its weight", "free", "weight"),
+    ("re-routing downstream", "free", "held"),
+)
+
+
+def layer_contributions(grid: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+    """Return per model and MoE layer the loss changes of the ``"layers"`` grid, each with a
+    paired bootstrap interval and p-value over documents (:data:`LAYER_CONTRASTS`): each
+    condition against the baseline, and two contrasts between conditions: the top-1
+    removal minus its weight-matched control (what losing that expert costs beyond losing
+    its weight) and minus the same removal with the later layers' routes held (what
+    re-routing downstream adds; negative: it repairs). No held row for the last layer.
+
+    Columns: model, layer, contrast, delta, delta_lo, delta_hi, delta_p.
+    """
+    def flag(name):  # the column is missing, or empty (NaN) in rows of other conditions
+        return grid[name].eq(True) if name in grid.columns else pd.Series(False, index=grid.index)
+
+    grid = grid.assign(variant=np.select(
+        [grid["condition"] == ablation.BASELINE, flag("random_control"), flag("weight_matched"), flag("hold_later")],
+        ["baseline", "random", "weight", "held"], "free"))
+    rows = []
+    for (model, layer), part in grid[grid["variant"] != "baseline"].groupby(["model", "layers"], observed=True):
+        for label, variant, reference in LAYER_CONTRASTS:
+            pair = [variant, reference or "baseline"]
+            both = pd.concat([part, grid[(grid["model"] == model) & (grid["variant"] == "baseline")]])
+            both = both[both["variant"].isin(pair)]
+            if set(both["variant"]) != set(pair):
+                continue  # the last layer has no held condition
+            # the reference plays the baseline: bootstrap_summary's paired difference is the contrast
+            both = both.assign(condition=np.where(both["variant"] == pair[1], ablation.BASELINE, label))
+            summary = ablation.summarize_loss(both.drop(columns="variant"), by=(), seed=seed)
+            found = summary[summary["condition"] == label].iloc[0]
+            rows.append({"model": model, "layer": int(layer), "contrast": label,
+                         **{c: found[c] for c in ("delta", "delta_lo", "delta_hi", "delta_p")}})
+    table = pd.DataFrame(rows)
+    table["contrast"] = pd.Categorical(table["contrast"], categories=[c[0] for c in LAYER_CONTRASTS], ordered=True)
+    if isinstance(grid["model"].dtype, pd.CategoricalDtype):
+        table["model"] = pd.Categorical(table["model"], categories=grid["model"].cat.categories, ordered=True)
+    return table.sort_values(["model", "layer", "contrast"]).reset_index(drop=True)
 
 
 def lens_by_layer(lens: pd.DataFrame) -> pd.DataFrame:
