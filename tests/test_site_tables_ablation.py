@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from moe_lib.core import cache
+from moe_lib.interventions import ablation_runs
 from moe_lib.interventions.ablation import Condition
 from moe_lib.site import ablations as site_ablations
 
@@ -151,12 +152,13 @@ def clone(tmp_path, monkeypatch):
     return tmp_path
 
 
-def store(model: str, run: int, weights: str | None = None) -> None:
+def store(model: str, run: int, weights: str | None = None, grid: str = "default") -> None:
     """Cache a grid and a lens of ``model`` (made from ``weights``), written at time ``run`` (seconds)."""
     identity = {"model": model, "run": run, **({"weights_sha256": weights} if weights else {})}
     rows = heldout_rows(NLL, model=model).assign(run=run)
-    cache.cached_table("ablation-heldout", identity, lambda: rows.assign(model=model))
-    os.utime(cache.store_path("ablation-heldout", identity), (run, run))
+    name = ablation_runs.grid_store("heldout", grid)
+    cache.cached_table(name, {**identity, "grid": grid}, lambda: rows.assign(model=model))
+    os.utime(cache.store_path(name, {**identity, "grid": grid}), (run, run))
     lens = pd.DataFrame({"domain": "code", "layer": [0], "n": [1], "prob": [0.5], "top1": [1.0],
                          "condition": "baseline", "random_control": False, "model": model, "run": run})
     cache.cached_table("lens-heldout", identity, lambda: lens)
@@ -177,6 +179,15 @@ def test_ablation_tables_shows_every_cached_model_once_and_no_tiny_one_unasked(c
     monkeypatch.setattr(site_ablations, "run_own", lambda model, benchmark, **options: None)
     tiny, _ = site_ablations.ablation_tables("heldout", ["standard-tiny"])
     assert list(tiny["model"].cat.categories) == ["standard-tiny", "org/hub-moe", "standard-default"]
+
+
+def test_each_grid_is_read_apart(clone, monkeypatch):
+    monkeypatch.setattr(site_ablations, "run_own", lambda model, benchmark, **options: None)
+    store("standard-default", 1, weights="aaaa")
+    store("standard-default", 2, weights="aaaa", grid="layers")  # newer, of the same weights: another grid
+    default, _ = site_ablations.ablation_tables("heldout", ["standard-default"])
+    layers, _ = site_ablations.ablation_tables("heldout", ["standard-default"], grid="layers")
+    assert list(default["run"].unique()) == [1] and list(layers["run"].unique()) == [2]
 
 
 def test_ablation_tables_refuses_an_unknown_benchmark():
