@@ -75,7 +75,7 @@ def experts_argument_names(experts: torch.nn.Module) -> list[str]:
     return names
 
 
-def _ids_and_weights_binder(experts: torch.nn.Module):
+def ids_and_weights_binder(experts: torch.nn.Module):
     """Return a function mapping an experts call's (args, kwargs) to (ids, weights)."""
     names = experts_argument_names(experts)
 
@@ -84,6 +84,15 @@ def _ids_and_weights_binder(experts: torch.nn.Module):
         return bound[names[1]], bound[names[2]]
 
     return ids_and_weights
+
+
+def with_routes(args: tuple, kwargs: dict, names: list[str], ids: torch.Tensor, weights: torch.Tensor):
+    """Return an experts call's (args, kwargs) with its ids and weights replaced (``names``
+    from :func:`experts_argument_names`), whether they came by position (as every family
+    passes them today) or by keyword: what an intervening pre-hook returns."""
+    if len(args) > 2:
+        return (args[0], ids, weights, *args[3:]), kwargs
+    return args[:1], {**kwargs, **dict(zip(names[1:], args[1:])), names[1]: ids, names[2]: weights}
 
 
 class HookSet:
@@ -171,7 +180,7 @@ class RoutingCapture(HookSet):
             self._handles.append(router.register_forward_hook(self._on_router(layer)))
             self._handles.append(
                 experts.register_forward_pre_hook(
-                    self._on_experts(layer, _ids_and_weights_binder(experts)), with_kwargs=True
+                    self._on_experts(layer, ids_and_weights_binder(experts)), with_kwargs=True
                 )
             )
             if self.family.shared_gate:

@@ -19,20 +19,18 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from moe_lib.core.capture import HookSet, experts_argument_names, find_moe_layers
+from moe_lib.core.capture import (
+    HookSet,
+    experts_argument_names,
+    find_moe_layers,
+    ids_and_weights_binder,
+    with_routes,
+)
 from moe_lib.models.families import family_of
 
 
 def _experts_module(model, layer: int) -> torch.nn.Module:
     return model.get_submodule(family_of(model.config).experts.format(layer=layer))
-
-
-def with_routes(args: tuple, kwargs: dict, names: Sequence[str], ids: torch.Tensor, weights: torch.Tensor):
-    """Return an experts call's (args, kwargs) with its ids and weights replaced, whether
-    they came by position (as every family passes them today) or by keyword."""
-    if len(args) > 2:
-        return (args[0], ids, weights, *args[3:]), kwargs
-    return args[:1], {**kwargs, **dict(zip(names[1:], args[1:])), names[1]: ids, names[2]: weights}
 
 
 class RouteRecorder(HookSet):
@@ -45,10 +43,10 @@ class RouteRecorder(HookSet):
         self.layers = list(find_moe_layers(model, family_of(model.config)) if layers is None else layers)
         self.routes: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def _record(self, layer: int, names: list[str]):
+    def _record(self, layer: int, ids_and_weights):
         def hook(module, args, kwargs):
-            bound = dict(zip(names, args)) | kwargs
-            self.routes[layer] = (bound[names[1]].detach().clone(), bound[names[2]].detach().clone())
+            ids, weights = ids_and_weights(args, kwargs)
+            self.routes[layer] = (ids.detach().clone(), weights.detach().clone())
 
         return hook
 
@@ -56,7 +54,7 @@ class RouteRecorder(HookSet):
         for layer in self.layers:
             experts = _experts_module(self.model, layer)
             self._handles.append(experts.register_forward_pre_hook(
-                self._record(layer, experts_argument_names(experts)), with_kwargs=True))
+                self._record(layer, ids_and_weights_binder(experts)), with_kwargs=True))
 
 
 class HeldRoutes(HookSet):
@@ -74,11 +72,12 @@ class HeldRoutes(HookSet):
         self.routes = dict(routes)
         self.n_calls: dict[int, int] = {}
 
-    def _hold(self, layer: int, names: list[str]):
+    def _hold(self, layer: int, experts: torch.nn.Module):
         ids, weights = self.routes[layer]
+        names, ids_and_weights = experts_argument_names(experts), ids_and_weights_binder(experts)
 
         def hook(module, args, kwargs):
-            given = (dict(zip(names, args)) | kwargs)[names[1]]
+            given, _ = ids_and_weights(args, kwargs)
             if given.shape != ids.shape:
                 raise ValueError(f"layer {layer}: held routes are for {tuple(ids.shape)} (token, slot), "
                                  f"the layer is called with {tuple(given.shape)}: another batch")
@@ -92,7 +91,7 @@ class HeldRoutes(HookSet):
             experts = _experts_module(self.model, layer)
             # prepend: a capture on the same module then records the routes really used
             self._handles.append(experts.register_forward_pre_hook(
-                self._hold(layer, experts_argument_names(experts)), with_kwargs=True, prepend=True))
+                self._hold(layer, experts), with_kwargs=True, prepend=True))
 
 
 def hold_routes(model: torch.nn.Module, routes: Mapping[int, tuple[torch.Tensor, torch.Tensor]]) -> HeldRoutes:

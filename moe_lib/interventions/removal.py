@@ -49,8 +49,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from moe_lib.core.capture import HookSet, experts_argument_names, find_moe_layers
-from moe_lib.interventions.held_routes import with_routes
+from moe_lib.core.capture import (
+    HookSet,
+    experts_argument_names,
+    find_moe_layers,
+    ids_and_weights_binder,
+    with_routes,
+)
 from moe_lib.models.families import family_of, n_experts, top_k
 from moe_lib.models.scoring import select_experts
 
@@ -267,10 +272,11 @@ class Ablation(HookSet):
 
         return hook
 
-    def _on_experts(self, layer: int, names: list[str]):
+    def _on_experts(self, layer: int, experts: torch.nn.Module):
+        names, ids_and_weights = experts_argument_names(experts), ids_and_weights_binder(experts)
+
         def hook(module, args, kwargs):
-            bound = dict(zip(names, args)) | kwargs
-            ids, weights = bound[names[1]], bound[names[2]]
+            ids, weights = ids_and_weights(args, kwargs)
             if self.reroute:
                 ids, new = self._rerouted(layer, ids, weights)
             else:
@@ -300,7 +306,7 @@ class Ablation(HookSet):
                 # the layer really uses, whichever context was entered first
                 self._handles.append(
                     experts.register_forward_pre_hook(
-                        self._on_experts(layer, experts_argument_names(experts)), with_kwargs=True, prepend=True
+                        self._on_experts(layer, experts), with_kwargs=True, prepend=True
                     )
                 )
             if self.shared:

@@ -320,12 +320,13 @@ def layer_contributions(grid: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     grid = grid.assign(variant=np.select(
         [grid["condition"] == ablation.BASELINE, flag("random_control"), flag("weight_matched"), flag("hold_later")],
         ["baseline", "random", "weight", "held"], "free"))
+    baselines = {model: rows for model, rows in grid[grid["variant"] == "baseline"].groupby("model", observed=True)}
     rows = []
     for (model, layer), part in grid[grid["variant"] != "baseline"].groupby(["model", "layers"], observed=True):
+        part = pd.concat([part, baselines[model]])
         for label, variant, reference in LAYER_CONTRASTS:
             pair = [variant, reference or "baseline"]
-            both = pd.concat([part, grid[(grid["model"] == model) & (grid["variant"] == "baseline")]])
-            both = both[both["variant"].isin(pair)]
+            both = part[part["variant"].isin(pair)]
             if set(both["variant"]) != set(pair):
                 continue  # the last layer has no held condition
             # the reference plays the baseline: bootstrap_summary's paired difference is the contrast
