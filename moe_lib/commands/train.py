@@ -48,9 +48,10 @@ def run(args: argparse.Namespace) -> int:
         from moe_lib.training.probe_traces import trace_checkpoint
 
         def on_checkpoint(path, model, tokenizer, final):
-            # The polysemantic samples are ~200k tokens: traced on the final model only here;
-            # trace_checkpoint(path, probes=("contextual",)) adds them for any other checkpoint.
-            probes = ("domains", "contextual") if final else ("domains",)
+            # The polysemantic samples (alone and in their documents) are ~1M tokens: traced
+            # on the final model only here; trace_checkpoint(path, probes=...) adds them for
+            # any other checkpoint.
+            probes = ("domains", "contextual", "in-document") if final else ("domains",)
             trace_checkpoint(path, validation_path=args.corpus / "validation.jsonl", model=model,
                              tokenizer=tokenizer, probes=probes)
 

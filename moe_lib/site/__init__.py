@@ -41,12 +41,12 @@ from moe_lib.core import cache
 from moe_lib.core.schema import SCHEMA_VERSION
 from moe_lib.core.trace_store import open_trace
 from moe_lib.models.registry import PROJECT_ROOT, REGISTRY
-from moe_lib.site.probes import contextual_probe, domain_probe
+from moe_lib.site.probes import contextual_probe, domain_probe, in_document_probe
 from moe_lib.training.probe_traces import MAX_LENGTH, checkpoint_request, describe_checkpoint
 from moe_lib.training.run_record import checkpoint_of, committed_record
 
 PROJECT_MODELS = ["standard-default", "cross-layer-default"]
-PROBES = ("domains", "contextual")
+PROBES = ("domains", "contextual", "in-document")
 # Bump when a table's meaning changes without its function's source changing (e.g. a
 # change in a helper module it calls): every cached table is then recomputed.
 TABLES_VERSION = 1
@@ -122,6 +122,9 @@ def _probe(probe: str):
         return texts, labels, {}, fp
     if probe == "contextual":
         texts, labels, spans, fp = contextual_probe()
+        return texts, labels, {"target_spans": spans}, fp
+    if probe == "in-document":
+        texts, labels, spans, fp = in_document_probe()
         return texts, labels, {"target_spans": spans}, fp
     raise ValueError(f"probe {probe!r}: choose from {PROBES}")
 
@@ -251,8 +254,9 @@ def trace(model: str, probe: str = "domains", step: int | str = "final") -> xr.D
     Parameters
     ----------
     model : a project model (``standard-default``), a registry name or a hub id.
-    probe : ``"domains"`` (held-out documents of every corpus domain) or ``"contextual"``
-        (the polysemantic-token samples, with ``is_target`` and ``meaning``).
+    probe : ``"domains"`` (held-out documents of every corpus domain), ``"contextual"``
+        (the polysemantic-token samples, with ``is_target`` and ``meaning``) or
+        ``"in-document"`` (the same samples after their documents' preceding text).
     step : a checkpoint's optimizer step, or ``"final"``; project models only.
     """
     request, step = _request(model, probe, step)

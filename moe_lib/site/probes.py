@@ -100,11 +100,24 @@ def contextual_probe(directory: Path = CONTEXTUAL_DIR):
     return probe
 
 
-@functools.lru_cache(maxsize=4)
-def _read_contextual(directory: str, signature: tuple):
-    from moe_lib.training.probe_traces import contextual_probe as read
+def in_document_probe(directory: Path = CONTEXTUAL_DIR):
+    """Return ``(texts, labels, target_spans, fingerprint)`` of the polysemantic samples,
+    each after its document's preceding text (``in-document.jsonl``); read once per process
+    while the folder's files are unchanged."""
+    files = [*sorted(Path(directory).glob("*.yaml")), Path(directory) / "in-document.jsonl"]
+    signature = tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file())
+    probe = _read_contextual(str(directory), signature, in_document=True)
+    if probe is None:
+        raise FileNotFoundError(f"{directory}: no in-document.jsonl beside the polysemantic-token samples "
+                                "(`python -m moe_lib datasets build-in-document` writes it)")
+    return probe
 
-    return read(Path(directory))
+
+@functools.lru_cache(maxsize=4)
+def _read_contextual(directory: str, signature: tuple, in_document: bool = False):
+    from moe_lib.training.probe_traces import contextual_probe, in_document_probe
+
+    return (in_document_probe if in_document else contextual_probe)(Path(directory))
 
 
 def tiny_corpus(out_dir: Path, directory: Path = PROBE_DIR) -> Path:

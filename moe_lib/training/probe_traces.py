@@ -4,7 +4,9 @@ Two probes, both fixed for every checkpoint of every run so traces compare acros
 
 - ``domains``: held-out documents of every corpus domain (``training_data.probe_set``);
 - ``contextual``: the polysemantic-token samples of ``datasets/contextual-tokens/``, with
-  ``is_target`` marking the target token, when that folder exists.
+  ``is_target`` marking the target token, when that folder exists;
+- ``in-document``: the same samples, each after the text that precedes it in its document
+  (``in-document.jsonl`` of that folder; :mod:`moe_lib.data.contextual_documents`).
 
 Each trace is cached by ``moe_lib.core.cache.cached_trace`` under the identity
 ``{model, weights_sha256, probe}`` (:func:`checkpoint_request`, which the site uses too), so
@@ -22,7 +24,7 @@ from moe_lib.models import checkpoints
 from moe_lib.training.training_data import probe_set, read_documents
 
 MAX_LENGTH = 256  # tokens per probe text; documents are cut to this anyway
-PROBES = ("domains", "contextual")
+PROBES = ("domains", "contextual", "in-document")
 
 
 def model_name(recipe: str, preset: str, seed: int = 0) -> str:
@@ -90,6 +92,52 @@ def contextual_probe(directory: Path):
     return texts, labels, spans, fingerprint(texts, {**labels, "spans": [str(s) for s in spans]})
 
 
+def in_document_probe(directory: Path):
+    """Return ``(texts, labels, target_spans, fingerprint)`` of the polysemantic samples, each
+    traced after its document's preceding text, or None when that file or folder is missing.
+
+    Labels are the contextual probe's plus ``context_tokens`` (tokens before the target),
+    ``document_start`` (whether the context reaches the document's start) and
+    ``opens_sample`` (whether only whitespace precedes the target in its sample: the
+    occurrences the isolated probe gave no left context).
+    """
+    from moe_lib.core.cache import fingerprint
+    from moe_lib.data.contextual import find_target_spans
+    from moe_lib.data.contextual_documents import FILE_NAME, read_in_document
+
+    if not (Path(directory) / FILE_NAME).is_file():
+        return None
+    samples = contextual_probe(directory)
+    if samples is None:
+        return None
+    records = read_in_document(directory)
+    isolated_texts, isolated_labels, _, _ = samples
+    # samples are read in file order, so a sample's index is its rank within its meaning
+    by_sample, ranks = {}, {}
+    for row, meaning in enumerate(zip(isolated_labels["target"], isolated_labels["meaning"])):
+        ranks[meaning] = ranks.get(meaning, -1) + 1
+        by_sample[(*meaning, ranks[meaning])] = row
+    texts, spans, rows, opens = [], [], [], []
+    for record in records:
+        row = by_sample.get((record["token"], record["meaning"], record["sample_index"]))
+        if row is None or isolated_labels["source"][row] != record["source"]:
+            raise ValueError(f"{Path(directory) / 'in-document.jsonl'}: no sample {record['token']!r} / "
+                             f"{record['meaning']!r} #{record['sample_index']} from {record['source']!r} in the "
+                             "YAML files; rebuild it with "
+                             "`python -m moe_lib datasets build-in-document`")
+        offset, sample = len(record["preceding"]), isolated_texts[row]
+        in_sample = find_target_spans(sample, record["token"])
+        texts.append(record["preceding"] + sample)
+        spans.append([[start + offset, end + offset] for start, end in in_sample])
+        opens.append(not sample[:in_sample[0][0]].strip())
+        rows.append(row)
+    labels = {name: [values[row] for row in rows] for name, values in isolated_labels.items()}
+    labels["context_tokens"] = [record["context_tokens"] for record in records]
+    labels["document_start"] = [record["document_start"] for record in records]
+    labels["opens_sample"] = opens
+    return texts, labels, spans, fingerprint(texts, {**labels, "spans": [str(s) for s in spans]})
+
+
 def trace_checkpoint(
     checkpoint_dir: Path,
     *,
@@ -108,7 +156,8 @@ def trace_checkpoint(
     checkpoint_dir
         A ``checkpoints/step-XXXXXX`` directory; verified against its manifest first.
     probes
-        Which of ``PROBES`` to trace; ``"contextual"`` is skipped when its folder is missing.
+        Which of ``PROBES`` to trace; ``"contextual"`` and ``"in-document"`` are skipped
+        when their files are missing.
     model, tokenizer
         The checkpoint's model and tokenizer if already in memory (the training loop
         passes them); otherwise loaded from ``checkpoint_dir`` and ``tokenizer_dir``.
@@ -116,8 +165,9 @@ def trace_checkpoint(
     Returns
     -------
     dict
-        ``{"domains": trace, "contextual": trace}`` (the latter only when its samples
-        exist); traces follow moe_lib.core.schema, with ``router_logits``.
+        ``{"domains": trace, "contextual": trace, "in-document": trace}`` (the last two
+        only when their files exist); traces follow moe_lib.core.schema, with
+        ``router_logits``.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -140,11 +190,14 @@ def trace_checkpoint(
         name, identity, collect = checkpoint_request(checkpoint, "domains", probe_fp)
         traces["domains"] = cached_trace(name, identity, model, tokenizer, texts, labels=labels,
                                          progress=progress, **collect)
-    contextual = contextual_probe(contextual_dir) if "contextual" in probes else None
-    if contextual is not None:
-        texts, labels, spans, probe_fp = contextual
-        name, identity, collect = checkpoint_request(checkpoint, "contextual", probe_fp, target_spans=spans)
-        traces["contextual"] = cached_trace(name, identity, model, tokenizer, texts, labels=labels,
-                                            progress=progress, **collect)
+    readers = {"contextual": contextual_probe, "in-document": in_document_probe}
+    for probe in [p for p in PROBES if p in probes and p in readers]:
+        samples = readers[probe](contextual_dir)  # None when the files are missing
+        if samples is None:
+            continue
+        texts, labels, spans, probe_fp = samples
+        name, identity, collect = checkpoint_request(checkpoint, probe, probe_fp, target_spans=spans)
+        traces[probe] = cached_trace(name, identity, model, tokenizer, texts, labels=labels,
+                                     progress=progress, **collect)
     model.train(was_training)
     return traces
