@@ -188,3 +188,17 @@ def test_context_lengths_count_what_each_occurrence_has_read():
     assert row.median_context_tokens == 75
     assert row.n_no_context == 8  # each occurrence is a sequence of its own: nothing read before it
     assert isinstance(in_document.context_lengths(ds), pd.DataFrame)
+
+
+def test_alone_and_in_document_pairs_the_same_rows_and_names_a_missing_one():
+    from moe_lib.site.in_document import alone_and_in_document
+
+    def table(excess):
+        return pd.DataFrame({"model": "m", "layer": [0, 0, 1, 1], "measure": ["I(E; M | T)", "I(E; T)"] * 2,
+                             "excess": excess, "p": 0.01, "n_occurrences": 10})
+
+    pair = alone_and_in_document(table([0.1, 2.0, 0.2, 2.1]), table([0.3, 2.2, 0.1, 2.0]), measures=("I(E; M | T)",))
+    assert pair[["layer", "excess_alone", "excess_in_document"]].values.tolist() == [[0, 0.1, 0.3], [1, 0.2, 0.1]]
+    assert pair.difference.round(3).tolist() == [0.2, -0.1]
+    with pytest.raises(ValueError, match="lacks rows"):
+        alone_and_in_document(table([0.1, 2.0, 0.2, 2.1]), table([0.3, 2.2, 0.1, 2.0]).iloc[1:])

@@ -12,13 +12,14 @@ per-layer tables for seed 0; these numbers are what they say holds across seeds.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from moe_lib.analysis import distribution, information, saturation, specialization, token_controls
+from moe_lib.analysis import distribution, information, paths, saturation, specialization, token_controls
 from moe_lib.site import tables as site_tables
 
 SEEDS = (0, 1, 2)
@@ -98,9 +99,9 @@ def _saturation_at_one_percent(run):
     return float(by_checkpoint.topk_overlap.iloc[nearest]), float(by_checkpoint.topk_overlap_chance.iloc[nearest])
 
 
-def _bits(measure: str):
+def _bits(measure: str, probe: str = "contextual"):
     def excess(run):
-        bits = _one("expert-information", run, information.expert_information, probe="contextual")
+        bits = _one("expert-information", run, information.expert_information, probe=probe)
         return float(bits[bits.measure == measure].excess.mean()), np.nan
     return excess
 
@@ -133,6 +134,64 @@ def _vocabulary(kind: str, which: str):
     return share
 
 
+def _layer_contrast(contrast: str, where: str, reference: str | None = None):
+    """One MoE layer at a time (the ablation grid ``layers``): a contrast's loss change in the
+    first layer, or its mean over the later ones, against another contrast of the same layers
+    (NaN without one). The grid is run for a project model whose results are missing."""
+    def delta(run):
+        from moe_lib.core.cache import cache_dir
+
+        table = _layer_contributions(_recipe_runs(run), str(cache_dir()))
+        table = table[table["model"] == run]
+        first = table.layer.min()
+        rows = table[table.layer == first] if where == "first" else table[table.layer > first]
+        mean = lambda name: float(rows[rows.contrast == name].delta.mean())  # noqa: E731
+        return mean(contrast), (mean(reference) if reference else np.nan)
+    return delta
+
+
+def _recipe_runs(run: str) -> tuple[str, ...]:
+    """Return every seed run of ``run``'s recipe (``run`` alone for other models)."""
+    from moe_lib import site
+    from moe_lib.training.probe_traces import model_name
+
+    found = site.own_run(run)
+    return tuple(seed_runs(model_name(found[0], found[1], 0))) if found else (run,)
+
+
+@functools.lru_cache(maxsize=4)
+def _layer_contributions(runs: tuple[str, ...], cache: str) -> pd.DataFrame:
+    """The ``layers`` grid's contrasts of a recipe's runs, read once per page and cache
+    folder: each claim asks for one run, and reading the grid stores is what costs."""
+    from moe_lib.site import ablations as site_ablations
+
+    grid = site_ablations.ablation_tables("heldout", list(runs), grid="layers")[0]
+    table = site_ablations.layer_contributions(grid[grid["model"].isin(runs)])
+    table["model"] = table["model"].astype(str)
+    return table
+
+
+def _full_route_entropy(run):
+    windows = _one("path-windows", run, site_tables.path_windows_with_baseline)
+    full = windows[(windows.first_layer == 0) & (windows.length == windows.length.max())]
+    observed = full.kind == "observed"
+    return float(full[observed].normalised_entropy.iloc[0]), float(full[~observed].normalised_entropy.mean())
+
+
+def _route_cluster_ami(run):
+    clusters = _one("route-clusters", run, site_tables.route_cluster_agreement, n_permutations=100)
+    row = clusters[clusters.label == "domain"].iloc[0]
+    return float(row.ami), float(row.ami_token_null)
+
+
+def _meaning_from(predictor: str):
+    def accuracy(run):
+        nested = _one("meaning-prediction-nested", run, paths.meaning_prediction_nested, probe="contextual")
+        row = nested[nested.predictor == predictor].iloc[0]
+        return float(row.accuracy), float(row.accuracy_shuffled)
+    return accuracy
+
+
 CLAIMS = (
     Claim("top1-weight", "routing-basics", "Median top-1 routing weight (median over layers)",
           "1/k (an even split)", _top1_weight),
@@ -146,14 +205,41 @@ CLAIMS = (
           "chance overlap", _saturation_at_one_percent),
     Claim("bits-token", "cross-layer", "I(E; token) net of its null, bits (mean over layers)",
           "net of tokens shuffled", _bits("I(E; T)"), 3),
-    Claim("bits-meaning", "cross-layer", "I(E; meaning | token) net of its null, bits",
+    Claim("bits-meaning", "cross-layer", "I(E; meaning | token), each sample traced alone, net of its null, bits",
           "net of meanings shuffled within token", _bits("I(E; M | T)"), 3),
-    Claim("bits-source", "cross-layer", "I(E; source | token) net of its null, bits",
+    Claim("bits-source", "cross-layer", "I(E; source | token), each sample traced alone, net of its null, bits",
           "net of sources shuffled within token", _bits("I(E; S | T)"), 3),
-    Claim("bits-meaning-within-source", "cross-layer", "I(E; meaning | token, source) net of its null, bits",
+    Claim("bits-meaning-within-source", "cross-layer",
+          "I(E; meaning | token, source), each sample traced alone, net of its null, bits",
           "net of meanings shuffled within token and source", _bits("I(E; M | T, S)"), 3),
+    Claim("bits-meaning-in-document", "cross-layer", "I(E; meaning | token), each sample after its document's "
+          "preceding text, net of its null, bits", "net of meanings shuffled within token",
+          _bits("I(E; M | T)", "in-document"), 3),
+    Claim("bits-source-in-document", "cross-layer", "I(E; source | token), each sample after its document's "
+          "preceding text, net of its null, bits", "net of sources shuffled within token",
+          _bits("I(E; S | T)", "in-document"), 3),
+    Claim("bits-meaning-within-source-in-document", "cross-layer", "I(E; meaning | token, source), each sample "
+          "after its document's preceding text, net of its null, bits",
+          "net of meanings shuffled within token and source", _bits("I(E; M | T, S)", "in-document"), 3),
     Claim("same-index", "cross-layer", "Same top-1 expert index in consecutive layers (an architecture property)",
           "chance from the layers' loads", _same_index),
+    Claim("full-route-entropy", "paths", "Normalised entropy of the full route (top-1 expert in every MoE layer)",
+          "each layer's experts shuffled across tokens", _full_route_entropy),
+    Claim("route-cluster-domain", "paths", "Route clusters' agreement with the domain (AMI)",
+          "domains shuffled within token id", _route_cluster_ami, 3),
+    Claim("meaning-from-path", "paths", "Meaning of a polysemantic occurrence predicted from its path "
+          "(accuracy, nested cross-validation)", "meanings shuffled within token", _meaning_from("path")),
+    Claim("meaning-from-layer", "paths", "The same from the best single layer's expert (nested)",
+          "meanings shuffled within token", _meaning_from("single layer")),
+    Claim("top1-first-layer", "ablations", "Top-1 expert removed in the first MoE layer alone, loss change "
+          "(nats/token)", "the weight-matched control (same weight removed, no expert)",
+          _layer_contrast("top-1 removed", "first", "weight-matched (control)"), 3),
+    Claim("top1-later-layers", "ablations", "Top-1 expert removed in one later MoE layer alone, loss change "
+          "(nats/token, mean over those layers)", "the weight-matched control",
+          _layer_contrast("top-1 removed", "later", "weight-matched (control)"), 3),
+    Claim("rerouting-first-layer", "ablations", "What re-routing in later layers adds to the first layer's "
+          "top-1 removal (nats/token)", "the removal with later routes held: its cost is the rest",
+          _layer_contrast("re-routing downstream", "first", "top-1 removed, later routes held"), 3),
     Claim("domain-tv", "specialization", "Domain specialization: total variation between domains' expert shares",
           "domain labels shuffled within token id", _domain_tv),
     Claim("input-token-first", "specialization", "Input-token specialization, first MoE layer",
@@ -186,7 +272,13 @@ CAVEATS = {
     "saturation-1pct": "our 1 % is a few hundred thousand tokens, OLMoE's about 50 B",
     "bits-meaning": "meaning is largely confounded with source in the probe",
     "bits-meaning-within-source": "only tokens with two meanings in one corpus source contribute",
+    "bits-meaning-in-document": "at least 64 tokens of the document before the target, fewer only where the "
+                                "document starts closer",
+    "bits-meaning-within-source-in-document": "only tokens with two meanings in one corpus source contribute",
     "same-index": "the cross-layer model's shared router ties indices by design",
+    "top1-first-layer": "held-out text of our own corpus; a toy model of 4 MoE layers",
+    "rerouting-first-layer": "later layers held at the baseline's expert ids and weights; the residual stream "
+                             "still changes",
     "domain-tv": "our domains are whole genres (code, Bible, dictionary), easier to tell apart than web text; "
                  "most of the distance is the domains' vocabulary (the baseline)",
 }
