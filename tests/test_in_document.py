@@ -92,6 +92,10 @@ def test_the_file_is_built_read_and_turned_into_a_probe(tmp_path, project_tokeni
     assert texts[0] == "Opening words.\n\nThe national bank was chartered again."
     assert [text[s:e] for text, ((s, e),) in zip(texts, spans)] == [" bank", " bank"]
     assert labels["meaning"] == ["finance", "river"] and labels["opens_sample"] == [False, False]
+    # samples rebuilt from elsewhere: the file no longer matches, and the probe says how to remake it
+    write_samples(tmp_path, ["speech:a:line 3 [validation]", "dictionary:c:line 1 [unused]"])
+    with pytest.raises(ValueError, match="build-in-document"):
+        in_document_probe(tmp_path)
 
 
 def test_a_sample_whose_document_is_missing_is_left_out_and_counted(tmp_path, project_tokenizer):

@@ -1,6 +1,6 @@
 """Routing traces of a training checkpoint on fixed probe sets, through the cache.
 
-Two probes, both fixed for every checkpoint of every run so traces compare across training:
+Three probes, all fixed for every checkpoint of every run so traces compare across training:
 
 - ``domains``: held-out documents of every corpus domain (``training_data.probe_set``);
 - ``contextual``: the polysemantic-token samples of ``datasets/contextual-tokens/``, with
