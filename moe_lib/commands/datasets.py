@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from moe_lib.data import contextual, mmlu, validate, vocab
+from moe_lib.data import contextual, contextual_documents, mmlu, validate, vocab
 
 
 def add_command(subparsers) -> None:
@@ -82,7 +82,8 @@ def add_command(subparsers) -> None:
     placed.add_argument("--corpus", type=Path, default=Path("datasets/corpus"))
     placed.add_argument("--sources", type=Path, default=mmlu.SOURCES_DIR, help="the corpus's raw sources")
     placed.add_argument("--tokenizer", default=str(vocab.DEFAULT_TOKENIZER_DIR))
-    placed.add_argument("--min-tokens", type=int, default=64, help="tokens of preceding text to keep (at least)")
+    placed.add_argument("--min-tokens", type=int, default=contextual_documents.MIN_CONTEXT_TOKENS,
+                        help="tokens of preceding text to keep (at least)")
     placed.set_defaults(func=run_in_document)
 
 
@@ -147,7 +148,7 @@ def run_in_document(args: argparse.Namespace) -> int:
     from itertools import chain
 
     from moe_lib.commands.inputs import require_corpus
-    from moe_lib.data import contextual_build, contextual_documents
+    from moe_lib.data import contextual_build
     from moe_lib.training.probe_traces import MAX_LENGTH
 
     if args.min_tokens < 1:

@@ -45,13 +45,13 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     on_checkpoint = None
     if not args.no_trace:
-        from moe_lib.training.probe_traces import trace_checkpoint
+        from moe_lib.training.probe_traces import PROBES, trace_checkpoint
 
         def on_checkpoint(path, model, tokenizer, final):
             # The polysemantic samples (alone and in their documents) are ~1M tokens: traced
             # on the final model only here; trace_checkpoint(path, probes=...) adds them for
             # any other checkpoint.
-            probes = ("domains", "contextual", "in-document") if final else ("domains",)
+            probes = PROBES if final else ("domains",)
             trace_checkpoint(path, validation_path=args.corpus / "validation.jsonl", model=model,
                              tokenizer=tokenizer, probes=probes)
 
