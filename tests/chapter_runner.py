@@ -114,7 +114,7 @@ class Executed:
         return any("image/png" in output.get("data", {}) for output in self.outputs_of(label))
 
 
-def execute(path: Path, parameters: dict | None = None, timeout: int = 600) -> Executed:
+def execute(path: Path, parameters: dict | None = None, timeout: int = 1200) -> Executed:
     """Run a chapter's cells and inline expressions in a fresh ``python3`` kernel.
 
     Raises nbclient's ``CellExecutionError`` (with the cell and traceback) when a cell or

@@ -166,9 +166,10 @@ def test_the_build_from_scratch_runs_every_step_on_the_tiny_preset_in_a_fresh_co
     assert any(s.startswith("ablation-heldout-") for s in stores) and any(s.startswith("ablation-mmlu-") for s in stores)
     # the chapters found the second seed of each recipe and quote its numbers from its own
     # tables: one table per run (tables carry no model name, so count them), and the
-    # information measures once per run for each of the two sample probes (alone, in document)
+    # information measures once per run for each of the three sample probes (alone, in its
+    # document, after other documents' text)
     made = cache.list_stores(clone / "data-cache")
-    assert (made.name == "load-balance").sum() == 4 and (made.name == "expert-information").sum() == 8
+    assert (made.name == "load-balance").sum() == 4 and (made.name == "expert-information").sum() == 12
 
     # the default build then reads what is cached and computes nothing
     again = subprocess.run(command, cwd=clone, env=env, capture_output=True, text=True)

@@ -138,6 +138,48 @@ def test_the_committed_in_document_texts_mark_exactly_their_target_token():
     assert short and all(short)  # fewer tokens only where the document has no more
 
 
+def test_other_documents_text_keeps_the_position_and_says_nothing_of_the_source(project_tokenizer):
+    # four samples of " bank" / "bank" from three sources (one opens its document), and a
+    # sample of " river" from a fourth: every sample has a donor of another source and token
+    prefaces = ["The river rose over the low bank of the\n", "def f(x):\n    return x\n" * 6, "",
+                "Lord, have mercy upon us, and upon the land. " * 3,
+                "Experts route the tokens they are given, one layer after another. " * 4]
+    samples = ["bank was steep.", "The bank lent money.", "bank", "\nbank notes", "A river bank."]
+    tokens = ["bank", " bank", "bank", "bank", " river"]
+    genres = ["dict", "sotu", "dict", "bible", "essay"]
+    spans = [find_target_spans(sample, token)[0] for sample, token in zip(samples, tokens)]
+    placed = placing.other_document_contexts(prefaces, samples, spans, tokens, genres, project_tokenizer, seed=3)
+    own = [placing.target_index(p, s, span, t, project_tokenizer) for p, s, span, t in zip(prefaces, samples, spans, tokens)]
+    for i, got in enumerate(placed):
+        if not prefaces[i]:
+            assert got == {"preceding": "", "donor": -1, "context_tokens": own[i]}
+            continue
+        assert genres[got["donor"]] != genres[i] and tokens[got["donor"]] != tokens[i]
+        assert prefaces[got["donor"]].endswith(got["preceding"]) or got["preceding"].endswith(prefaces[got["donor"]])
+        assert got["context_tokens"] == own[i]  # the position is kept exactly
+        assert got["context_tokens"] == placing.target_index(got["preceding"], samples[i], spans[i], tokens[i],
+                                                              project_tokenizer)
+    assert placed == placing.other_document_contexts(prefaces, samples, spans, tokens, genres, project_tokenizer, seed=3)
+    with pytest.raises(ValueError, match="no other documents' text fits"):  # one source only: no donor
+        placing.other_document_contexts(prefaces[:2], samples[:2], spans[:2], tokens[:2], ["x", "x"], project_tokenizer)
+
+
+def test_the_position_control_marks_the_target_where_its_document_put_it():
+    from moe_lib.analysis.crosslayer import corpus_source
+    from moe_lib.site.probes import in_document_probe, in_other_document_probe
+
+    texts, labels, spans, _ = in_other_document_probe(COMMITTED)
+    own_texts, own_labels, _, _ = in_document_probe(COMMITTED)
+    assert len(texts) == len(own_texts) and labels["target"] == own_labels["target"]
+    shift = np.array(labels["context_tokens"]) - np.array(own_labels["context_tokens"])
+    assert not shift.any()  # every target where its own document put it
+    donors, own_sources = np.array(labels["donor_source"]), corpus_source(labels["source"])
+    empty = np.array([not record["preceding"] for record in placing.read_in_document(COMMITTED)])
+    assert (donors[~empty] != own_sources[~empty]).all() and (donors[empty] == "").all()  # nothing to stand in for
+    for text, own, span, token in zip(texts, own_texts, spans, labels["target"]):
+        assert text[span[0][0]:span[0][1]] == token.lstrip() or text[span[0][0]:span[0][1]] == token
+
+
 def test_a_trace_of_in_document_texts_marks_one_target_per_sequence(project_tokenizer):
     from transformers import AutoTokenizer
 
@@ -206,3 +248,11 @@ def test_alone_and_in_document_pairs_the_same_rows_and_names_a_missing_one():
     assert pair.difference.round(3).tolist() == [0.2, -0.1]
     with pytest.raises(ValueError, match="lacks rows"):
         alone_and_in_document(table([0.1, 2.0, 0.2, 2.1]), table([0.3, 2.2, 0.1, 2.0]).iloc[1:])
+    # the position control splits the difference in two: after other text, then own text at the same place
+    three = alone_and_in_document(table([0.1, 2.0, 0.2, 2.1]), table([0.3, 2.2, 0.1, 2.0]), measures=("I(E; M | T)",),
+                                  other_document=table([0.15, 2.0, 0.3, 2.0]))
+    assert three.other_minus_alone.round(3).tolist() == [0.05, 0.1]
+    assert three.own_minus_other.round(3).tolist() == [0.15, -0.2]
+    with pytest.raises(ValueError, match="other-document table lacks rows"):
+        alone_and_in_document(table([0.1, 2.0, 0.2, 2.1]), table([0.3, 2.2, 0.1, 2.0]),
+                              other_document=table([0.15, 2.0, 0.3, 2.0]).iloc[:2])

@@ -8,6 +8,7 @@ import pytest
 from moe_lib import site
 from moe_lib.analysis import distribution
 from moe_lib.site import baselines, seeds
+from moe_lib.site import importance as site_importance
 
 
 def test_spread_gives_mean_and_range_over_seeds_in_the_claims_order():
@@ -61,6 +62,15 @@ def test_seed_runs_find_every_trained_seed_and_claims_match_the_chapters_tables(
     spread = seeds.spread(runs)
     row = spread[spread.claim == "worst-load"].iloc[0]
     assert row.n_seeds == 2 and row.lo < row.hi and row.lo <= row["mean"] <= row.hi
+
+    # the importance chapter's claims: seed 0's are the chapter's numbers, each seed its own
+    importance = seeds.per_run(["standard-tiny"], chapter="importance").set_index(["run", "claim"])
+    numbers = site_importance.chapter_numbers(site_importance.chapter_tables(["standard-tiny"])).loc["standard-tiny"]
+    assert importance.loc[("standard-tiny", "rho-reap"), "value"] == numbers.rho_reap
+    assert importance.loc[("standard-tiny", "top-k-one"), "value"] == numbers.topk_delta
+    pruned = importance.loc[("standard-tiny", "prune-half-causal")]
+    assert pruned.value == numbers.causal_delta and pruned.baseline > 0  # random experts cost something
+    assert len(importance.xs("standard-tiny-seed1")) == len([c for c in seeds.CLAIMS if c.chapter == "importance"])
 
 
 @pytest.mark.slow

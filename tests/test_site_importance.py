@@ -186,12 +186,10 @@ def test_chapter_numbers_give_one_row_per_model_in_the_chapters_order():
     assert str(site_importance.words_per_model(pd.Series({"x": "REAP", "a": "causal"}))) == "REAP in x and causal in a"
 
 
-def test_seed_runs_adds_the_other_seeds_found_beside_a_project_model(workspace, monkeypatch):
-    monkeypatch.setenv("MOE_LIB_RUNS", str(workspace / "runs"))
-    for name in ("standard-default-seed2", "standard-default-seed1", "standard-default-seedx"):
-        (workspace / "models" / name).mkdir(parents=True)
-    assert site_importance.seed_runs(["standard-default", "olmoe-1b-7b"]) == [
-        "standard-default", "standard-default-seed1", "standard-default-seed2", "olmoe-1b-7b"]
+def test_the_chapter_shows_hub_models_scored_but_not_other_seeds_nor_tiny_presets():
+    cached = {"standard-default", "standard-default-seed1", "cross-layer-default-seed2", "standard-tiny",
+              "olmoe-1b-7b", "cross-layer-default"}
+    assert site_importance.other_models_shown(["standard-default"], cached) == ["cross-layer-default", "olmoe-1b-7b"]
 
 
 def test_the_chapters_figures_are_drawn_from_the_summaries():

@@ -46,6 +46,11 @@ def test_unknown_columns_are_named(frame):
         typeset.display_frame(frame, {"accuracy": "Accuracy"})
 
 
+def test_a_label_given_to_two_columns_is_refused(frame):
+    with pytest.raises(ValueError, match=r"column labels \['p'\] are given to more than one column"):
+        typeset.table(frame, {"loss": Column("p", decimals=3), "n_tokens": "p"})
+
+
 def test_table_html_has_no_index_no_nan_and_no_network(frame):
     html = typeset.table(frame, {"layer": "MoE layer", "loss": "Loss", "n_tokens": "Tokens"})._repr_html_()
     assert "NaN" not in html and "nan<" not in html and "None" not in html

@@ -248,11 +248,11 @@ def run(args: argparse.Namespace) -> int:
         parameters["control_models"] = parameters["models"]
     try:
         for model in models if args.from_scratch else ():
-            start = _step(f"traces of {model}: domains probe at every checkpoint, contextual probe (alone and in "
-                          "documents) at the final one")
+            start = _step(f"traces of {model}: domains probe at every checkpoint, contextual probe (alone, in "
+                          "documents, after other documents' text) at the final one")
             site.checkpoints(model, "domains")
-            site.trace(model, "contextual")
-            site.trace(model, "in-document")
+            for probe in ("contextual", "in-document", "in-other-document"):
+                site.trace(model, probe)
             _done(start)
         for path in args.chapters or chapter_files():
             start = _step(f"analyses of {path.relative_to(PROJECT_ROOT) if path.is_absolute() else path}")

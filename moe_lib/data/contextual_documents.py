@@ -103,13 +103,73 @@ def placed_sample(document: str, sample: str, token: str, line: int, tokenizer, 
     if start is None or len(spans) != 1:
         return None
     preceding = preceding_context(document[:start], tokenizer, min_tokens)
-    target_start, target_end = (offset + len(preceding) for offset in spans[0])
+    index = target_index(preceding, sample, spans[0], token, tokenizer)
+    if index is None or index >= max_tokens:
+        return None
+    return {"preceding": preceding, "document_start": len(preceding) == start, "context_tokens": index}
+
+
+def target_index(preceding: str, sample: str, span, token: str, tokenizer) -> int | None:
+    """Return the index of the target's token in ``preceding + sample`` (no special tokens),
+    or None unless exactly one token covers the target ``span`` of ``sample`` and it is
+    ``token``: the text before must not change how the target is cut."""
+    target_start, target_end = (offset + len(preceding) for offset in span)
     encoding = tokenizer.encode(preceding + sample, add_special_tokens=False)
     covering = [i for i, (s, e) in enumerate(encoding.offsets) if e > s and s < target_end and e > target_start]
-    token_id = tokenizer.encode(token, add_special_tokens=False).ids
-    if len(covering) != 1 or [encoding.ids[covering[0]]] != token_id or covering[0] >= max_tokens:
+    if len(covering) != 1 or [encoding.ids[covering[0]]] != tokenizer.encode(token, add_special_tokens=False).ids:
         return None
-    return {"preceding": preceding, "document_start": len(preceding) == start, "context_tokens": covering[0]}
+    return covering[0]
+
+
+def other_document_contexts(prefaces, samples, spans, tokens, genres, tokenizer, seed: int = 0) -> list[dict]:
+    """Return, for each sample, text of other documents in place of its own preceding text:
+    as many tokens as ``prefaces[i]`` holds, from the ends of other samples' prefaces, each
+    from another corpus source (``genres``) and for another target token, so the target
+    sits where it sat in its document but what it reads before it says nothing of its
+    meaning or source.
+
+    Donors are taken in a seeded random order from a seeded random start; where one is too
+    short, the next one's text goes before it, until the tokens are there. The text is cut
+    so that the target, still one token, has exactly the index it has after its own
+    preface (the tokens at a join may merge, so the cut is searched near the count). Each
+    result has ``preceding``, ``donor`` (the index of the sample whose preface ends it, -1
+    for an empty preface) and ``context_tokens`` (the target's index, as in
+    ``in-document.jsonl``).
+    Raises ValueError naming a sample that no donors fit.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(prefaces))
+    lengths = [len(tokenizer.encode(text, add_special_tokens=False).ids) for text in prefaces]
+    own = [target_index(*sample, tokenizer) for sample in zip(prefaces, samples, spans, tokens)]
+    out = []
+    for i, need in enumerate(lengths):
+        if need == 0:
+            out.append({"preceding": "", "donor": -1, "context_tokens": own[i]})
+            continue
+        first, chain, found = int(rng.integers(len(order))), [], None
+        for j in (int(order[(first + step) % len(order)]) for step in range(len(order))):
+            if genres[j] == genres[i] or tokens[j] == tokens[i] or not lengths[j]:
+                continue
+            chain.append(j)
+            if sum(lengths[k] for k in chain) < need:
+                continue
+            joined = "".join(prefaces[k] for k in reversed(chain))
+            offsets = tokenizer.encode(joined, add_special_tokens=False).offsets
+            for cut in sorted(range(max(len(offsets) - need - 3, 0), min(len(offsets) - need + 4, len(offsets))),
+                              key=lambda c: abs(c - (len(offsets) - need))):
+                text = joined[offsets[cut][0]:]  # the tokens at a join may merge: cut where the target lands
+                if target_index(text, samples[i], spans[i], tokens[i], tokenizer) == own[i]:
+                    found = {"preceding": text, "donor": chain[0], "context_tokens": own[i]}
+                    break
+            if found is not None:
+                break
+            chain = []
+        if found is None:
+            raise ValueError(f"sample {i} ({tokens[i]!r}, {need} tokens before it): no other documents' text fits")
+        out.append(found)
+    return out
 
 
 def build_in_document(contextual_dir, documents, tokenizer, max_tokens: int,

@@ -41,12 +41,12 @@ from moe_lib.core import cache
 from moe_lib.core.schema import SCHEMA_VERSION
 from moe_lib.core.trace_store import open_trace
 from moe_lib.models.registry import PROJECT_ROOT, REGISTRY
-from moe_lib.site.probes import contextual_probe, domain_probe, in_document_probe
-from moe_lib.training.probe_traces import MAX_LENGTH, checkpoint_request, describe_checkpoint
+from moe_lib.site.probes import contextual_probe, domain_probe, in_document_probe, in_other_document_probe
+from moe_lib.training.probe_traces import MAX_LENGTH, WITH_PREDICTIONS, checkpoint_request, describe_checkpoint
 from moe_lib.training.run_record import checkpoint_of, committed_record
 
 PROJECT_MODELS = ["standard-default", "cross-layer-default"]
-PROBES = ("domains", "contextual", "in-document")
+PROBES = ("domains", "contextual", "in-document", "in-other-document")
 # Bump when a table's meaning changes without its function's source changing (e.g. a
 # change in a helper module it calls): every cached table is then recomputed.
 TABLES_VERSION = 1
@@ -126,6 +126,9 @@ def _probe(probe: str):
     if probe == "in-document":
         texts, labels, spans, fp = in_document_probe()
         return texts, labels, {"target_spans": spans}, fp
+    if probe == "in-other-document":
+        texts, labels, spans, fp = in_other_document_probe()
+        return texts, labels, {"target_spans": spans}, fp
     raise ValueError(f"probe {probe!r}: choose from {PROBES}")
 
 
@@ -189,7 +192,8 @@ def _hub_request(model: str, probe: str):
     texts, labels, extra, probe_fp = _probe(probe)
     base = {"model": model, "source": source, "revision": revision or "main", "probe": probe_fp}
     attrs = {"model": model, "dataset": f"probe-{probe}"}
-    collect = {**extra, "max_length": MAX_LENGTH, "router_logits": True, "predictions": True, "attrs": attrs}
+    collect = {**extra, "max_length": MAX_LENGTH, "router_logits": True,
+               "predictions": probe in WITH_PREDICTIONS, "attrs": attrs}
     safe = model.replace("/", "--")
     return f"probe-{probe}-{safe}", base, collect, texts, labels
 

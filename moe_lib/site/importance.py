@@ -191,50 +191,40 @@ def cached_score_models() -> set[str]:
     return set(stores.loc[stores["name"] == SCORES_STORE, "model"]) - {""} if not stores.empty else set()
 
 
-def seed_runs(models: list[str]) -> list[str]:
-    """Return ``models`` with, after each project model of seed 0, its other seeds
-    (``standard-default-seed2``) that have a run folder, a committed run record or cached
-    importance stores, in the order of their seed."""
+def other_models_shown(models: list[str], cached: set[str]) -> list[str]:
+    """Return the models of ``cached`` (with importance stores) the chapter shows beside
+    ``models``, by name: a hub checkpoint the importance command scored, but neither a tiny
+    test preset nor another seed of a project recipe, whose numbers the across-seeds
+    table gives (:mod:`moe_lib.site.seeds`)."""
     from moe_lib import site
-    from moe_lib.training.run_record import records_dir
 
-    cached = cached_score_models()
-    found = []
-    for model in models:
-        found.append(model)
-        run = site.own_run(model)
-        if run is None or run[2] != 0:
-            continue
-        names = {p.name for p in site.models_dir().glob(f"{model}-seed*")}
-        names |= {p.stem for p in records_dir().glob(f"{model}-seed*.json")}
-        names |= {m for m in cached if m.startswith(f"{model}-seed")}
-        seeds = sorted((site.own_run(n)[2], n) for n in names if site.own_run(n) and site.own_run(n)[2] > 0)
-        found += [n for _, n in seeds if n not in models]
-    return found
+    def seed(model):
+        found = site.own_run(model)
+        return found[2] if found else 0
+
+    return sorted(m for m in cached - set(models) if not m.endswith("-tiny") and seed(m) == 0)
 
 
 def chapter_tables(models: list[str]) -> dict[str, pd.DataFrame]:
-    """Return :func:`tables_from` for every model of ``models`` (and its other seeds, see
-    :func:`seed_runs`) with results, plus ``experts``: each expert's most frequent input
-    tokens and domain mix (:func:`moe_lib.site.explorer.expert_table` of the domains probe,
-    cached per model).
+    """Return :func:`tables_from` for every model of ``models`` with results, and the other
+    models :func:`other_models_shown` picks, plus ``experts``: each expert's most frequent
+    input tokens and domain mix (:func:`moe_lib.site.explorer.expert_table` of the domains
+    probe, cached per model).
 
     A project model of ``models`` whose final checkpoint is on disk is computed where
-    missing (:func:`importance_tables`); every other model, other seeds included, is read
-    from the cache (tiny test presets only when asked for). Every table's ``model`` column is categorical, in the
-    order of ``models``, then the others by name. Raises
-    :class:`moe_lib.site.MissingDataError` when no model has results.
+    missing (:func:`importance_tables`); every other model is read from the cache. Every
+    table's ``model`` column is categorical, in the order of ``models``, then the others by
+    name. Raises :class:`moe_lib.site.MissingDataError` when no model has results.
     """
     from moe_lib import site
     from moe_lib.site import explorer_page
 
-    wanted = seed_runs(models)
-    # computed only for the models asked for; their other seeds are shown where cached
-    # (`python -m moe_lib importance` or importance_tables makes them: ten minutes a run)
-    computed = {m: importance_tables(m) for m in wanted if m in models and site.own_recipe(m) is not None}
+    wanted = list(models)
+    computed = {m: importance_tables(m) for m in wanted if site.own_recipe(m) is not None}
     frames = [t for t in computed.values() if t is not None]
     ran = [m for m, t in computed.items() if t is not None]
-    shown = sorted(m for m in cached_score_models() if m not in ran and (m in wanted or not m.endswith("-tiny")))
+    scored = cached_score_models()
+    shown = [m for m in wanted if m in scored and m not in ran] + other_models_shown(wanted, scored)
     cached = cached_importance_tables(shown) if shown else {}
     if cached:
         frames.append(cached)

@@ -92,9 +92,7 @@ def contextual_probe(directory: Path = CONTEXTUAL_DIR):
     Read once per process while the folder's files are unchanged: parsing the YAML takes
     seconds, and every chapter asks for the probe's identity once per model.
     """
-    files = sorted(Path(directory).glob("*.yaml")) if Path(directory).is_dir() else []
-    signature = tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files)
-    probe = _read_contextual(str(directory), signature)
+    probe = _read_contextual(str(directory), _signature(directory))
     if probe is None:
         raise FileNotFoundError(f"{directory}: no polysemantic-token samples (datasets build-contextual writes them)")
     return probe
@@ -104,13 +102,52 @@ def in_document_probe(directory: Path = CONTEXTUAL_DIR):
     """Return ``(texts, labels, target_spans, fingerprint)`` of the polysemantic samples,
     each after its document's preceding text (``in-document.jsonl``); read once per process
     while the folder's files are unchanged."""
-    files = [*sorted(Path(directory).glob("*.yaml")), Path(directory) / "in-document.jsonl"]
-    signature = tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file())
-    probe = _read_contextual(str(directory), signature, in_document=True)
+    probe = _read_contextual(str(directory), _signature(directory, in_document=True), in_document=True)
     if probe is None:
         raise FileNotFoundError(f"{directory}: no in-document.jsonl beside the polysemantic-token samples "
                                 "(`python -m moe_lib datasets build-in-document` writes it)")
     return probe
+
+
+def in_other_document_probe(directory: Path = CONTEXTUAL_DIR, seed: int = 0):
+    """Return ``(texts, labels, target_spans, fingerprint)`` of the position control of the
+    in-document probe: each sample after as many tokens of other documents' text (from other
+    corpus sources) as its own document put before it (:func:`moe_lib.data.contextual_documents.other_document_contexts`,
+    counted with the default models' tokenizer, seeded). The target sits where it sat in
+    its document; the text before it says nothing of its meaning or source. Labels are the
+    in-document probe's, with ``context_tokens`` counted again and ``donor_source`` (the
+    corpus source the text before comes from)."""
+    return _read_other_document(str(directory), _signature(directory, in_document=True), seed)
+
+
+@functools.lru_cache(maxsize=2)
+def _read_other_document(directory: str, signature: tuple, seed: int):
+    from moe_lib.analysis.crosslayer import corpus_source
+    from moe_lib.core.cache import fingerprint
+    from moe_lib.data.contextual_documents import other_document_contexts, read_in_document
+    from moe_lib.data.vocab import DEFAULT_TOKENIZER_DIR, load_tokenizer
+
+    texts, labels, spans, _ = in_document_probe(Path(directory))
+    prefaces = [record["preceding"] for record in read_in_document(directory)]
+    samples = [text[len(preface):] for text, preface in zip(texts, prefaces)]
+    in_sample = [[[a - len(preface), b - len(preface)] for a, b in span] for span, preface in zip(spans, prefaces)]
+    genres = corpus_source(labels["source"])
+    placed = other_document_contexts(prefaces, samples, [s[0] for s in in_sample], labels["target"], genres,
+                                     load_tokenizer(DEFAULT_TOKENIZER_DIR), seed=seed)
+    texts = [p["preceding"] + sample for p, sample in zip(placed, samples)]
+    spans = [[[a + len(p["preceding"]), b + len(p["preceding"])] for a, b in span] for p, span in zip(placed, in_sample)]
+    labels = {**labels, "context_tokens": [p["context_tokens"] for p in placed],
+              "donor_source": [genres[p["donor"]] if p["donor"] >= 0 else "" for p in placed]}
+    return texts, labels, spans, fingerprint(texts, {**labels, "spans": [str(s) for s in spans], "seed": seed})
+
+
+def _signature(directory: Path, in_document: bool = False) -> tuple:
+    """Name, size and time of the sample files (and ``in-document.jsonl``): a probe read
+    once per process is read again when one of them changes."""
+    files = sorted(Path(directory).glob("*.yaml")) if Path(directory).is_dir() else []
+    if in_document:
+        files.append(Path(directory) / "in-document.jsonl")
+    return tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file())
 
 
 @functools.lru_cache(maxsize=4)

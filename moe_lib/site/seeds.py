@@ -192,6 +192,46 @@ def _meaning_from(predictor: str):
     return accuracy
 
 
+@functools.lru_cache(maxsize=8)
+def _importance_tables(run: str, cache: str) -> dict[str, pd.DataFrame]:
+    """The importance chapter's tables of one run (``site.importance.tables_from``),
+    computed where its final checkpoint is on disk and they are missing, else read from the
+    cache; once per run and cache folder, since every importance claim reads the same run."""
+    from moe_lib import site
+    from moe_lib.site import importance
+
+    tables = importance.importance_tables(run) or importance.cached_importance_tables([run])
+    if not tables or not len(tables["scores"]):
+        raise site.MissingDataError(f"no expert-importance results for {run}: run `python -m moe_lib build` "
+                                    "where its weights are, and commit the stores")
+    return tables
+
+
+def _importance(column: str):
+    """A number the importance chapter quotes (``site.importance.chapter_numbers``), against 0."""
+    def number(run):
+        from moe_lib.core.cache import cache_dir
+        from moe_lib.site import importance
+
+        return float(importance.chapter_numbers(_importance_tables(run, str(cache_dir()))).loc[run, column]), 0.0
+    return number
+
+
+def _pruned_by(criterion: str):
+    """The loss change with the most experts the study removes per layer (E/2), ranked by
+    ``criterion``, against the mean of the random draws removing as many."""
+    def delta(run):
+        from moe_lib.core.cache import cache_dir
+        from moe_lib.site import importance
+
+        tables = _importance_tables(run, str(cache_dir()))
+        versus = importance.criterion_vs_random(tables["curves"], tables["random_band"])
+        versus = versus[versus.criterion == criterion]
+        last = versus[versus.n_removed == versus.n_removed.max()].iloc[0]
+        return float(last.delta), float(last.random_mean)
+    return delta
+
+
 CLAIMS = (
     Claim("top1-weight", "routing-basics", "Median top-1 routing weight (median over layers)",
           "1/k (an even split)", _top1_weight),
@@ -221,6 +261,12 @@ CLAIMS = (
     Claim("bits-meaning-within-source-in-document", "cross-layer", "I(E; meaning | token, source), each sample "
           "after its document's preceding text, net of its null, bits",
           "net of meanings shuffled within token and source", _bits("I(E; M | T, S)", "in-document"), 3),
+    Claim("bits-meaning-other-document", "cross-layer", "I(E; meaning | token), each sample after as many tokens "
+          "of other documents' text (the position control), net of its null, bits",
+          "net of meanings shuffled within token", _bits("I(E; M | T)", "in-other-document"), 3),
+    Claim("bits-source-other-document", "cross-layer", "I(E; source | token), each sample after as many tokens "
+          "of other documents' text (the position control), net of its null, bits",
+          "net of sources shuffled within token", _bits("I(E; S | T)", "in-other-document"), 3),
     Claim("same-index", "cross-layer", "Same top-1 expert index in consecutive layers (an architecture property)",
           "chance from the layers' loads", _same_index),
     Claim("full-route-entropy", "paths", "Normalised entropy of the full route (top-1 expert in every MoE layer)",
@@ -240,6 +286,16 @@ CLAIMS = (
     Claim("rerouting-first-layer", "ablations", "What re-routing in later layers adds to the first layer's "
           "top-1 removal (nats/token)", "the removal with later routes held: its cost is the rest",
           _layer_contrast("re-routing downstream", "first", "top-1 removed, later routes held"), 3),
+    Claim("rho-frequency", "importance", "Spearman's rho of expert frequency with the causal score (median over "
+          "layers)", "0 (no agreement)", _importance("rho_frequency")),
+    Claim("rho-reap", "importance", "Spearman's rho of REAP with the causal score (median over layers)",
+          "0 (no agreement)", _importance("rho_reap")),
+    Claim("prune-half-reap", "importance", "Half of every layer's experts pruned by REAP, loss change "
+          "(nats/token)", "the same number of random experts (mean of the draws)", _pruned_by("reap"), 3),
+    Claim("prune-half-causal", "importance", "Half of every layer's experts pruned by the causal score, loss "
+          "change (nats/token)", "the same number of random experts (mean of the draws)", _pruned_by("causal"), 3),
+    Claim("top-k-one", "importance", "One route per token instead of k, loss change (nats/token)",
+          "0 (the model's own k routes)", _importance("topk_delta"), 3),
     Claim("domain-tv", "specialization", "Domain specialization: total variation between domains' expert shares",
           "domain labels shuffled within token id", _domain_tv),
     Claim("input-token-first", "specialization", "Input-token specialization, first MoE layer",
@@ -275,10 +331,16 @@ CAVEATS = {
     "bits-meaning-in-document": "at least 64 tokens of the document before the target, fewer only where the "
                                 "document starts closer",
     "bits-meaning-within-source-in-document": "only tokens with two meanings in one corpus source contribute",
+    "bits-meaning-other-document": "the text before comes from another corpus source, cut so that the target "
+                                   "keeps the index it has in its own document",
     "same-index": "the cross-layer model's shared router ties indices by design",
     "top1-first-layer": "held-out text of our own corpus; a toy model of 4 MoE layers",
     "rerouting-first-layer": "later layers held at the baseline's expert ids and weights; the residual stream "
                              "still changes",
+    "rho-reap": "rho over a layer's few experts (16 in the default models), on 36 scoring documents: wide "
+                "intervals",
+    "prune-half-reap": "ranked on one half of the held-out sample, measured on the other",
+    "top-k-one": "renormalised to the sum of the k weights; no fine-tuning after",
     "domain-tv": "our domains are whole genres (code, Bible, dictionary), easier to tell apart than web text; "
                  "most of the distance is the domains' vocabulary (the baseline)",
 }

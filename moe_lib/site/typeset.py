@@ -158,6 +158,10 @@ def table(frame: pd.DataFrame, columns: Mapping[str, str | Column | Interval], *
         columns = {k: v for k, v in columns.items() if k != groups}
         groups = None
     columns = {k: v for k, v in columns.items() if k != groups}
+    labels = [spec if isinstance(spec, str) else spec.label for spec in columns.values()]
+    repeated = sorted({label for label in labels if labels.count(label) > 1})
+    if repeated:  # the shown frame is keyed by label: a repeated one would show one column twice
+        raise ValueError(f"column labels {repeated} are given to more than one column; labels must be unique")
     shown = display_frame(frame.reset_index(drop=True), columns, decimals, groups)
     specs = {name: Column(spec) if isinstance(spec, str) else spec for name, spec in columns.items()}
     numeric = [spec.label for name, spec in specs.items() if is_numeric_spec(frame, name, spec)]

@@ -25,6 +25,10 @@ from moe_lib.training.training_data import probe_set, read_documents
 
 MAX_LENGTH = 256  # tokens per probe text; documents are cut to this anyway
 PROBES = ("domains", "contextual", "in-document")
+# The probes whose traces keep each token's predicted next token (next-token
+# specialization reads it). The others keep routing only: the model then computes the last
+# position's logits alone, and for a small model the LM head is most of the forward.
+WITH_PREDICTIONS = ("domains", "contextual")
 
 
 def model_name(recipe: str, preset: str, seed: int = 0) -> str:
@@ -49,7 +53,8 @@ def checkpoint_request(checkpoint: dict, probe: str, probe_fingerprint: str, tar
              "dataset": f"probe-{probe}"}
     identity = {"model": checkpoint["model"], "weights_sha256": checkpoint["weights_sha256"],
                 "probe": probe_fingerprint}
-    collect = {"max_length": MAX_LENGTH, "router_logits": True, "predictions": True, "attrs": attrs}
+    collect = {"max_length": MAX_LENGTH, "router_logits": True, "predictions": probe in WITH_PREDICTIONS,
+               "attrs": attrs}
     if target_spans is not None:
         collect["target_spans"] = target_spans
     return f"probe-{probe}-{checkpoint['model']}", identity, collect
