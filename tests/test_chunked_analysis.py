@@ -127,3 +127,59 @@ def test_router_saturation_chunked(traces):
     shifted = earlier.assign_coords(pos=earlier["pos"] + 1).chunk({"token": 900})
     with pytest.raises(ValueError, match="coordinate 'pos' differs"):
         saturation.router_saturation({"earlier": shifted, "final": chunked})
+
+
+@pytest.fixture(scope="module")
+def contextual_traces(tmp_path_factory):
+    """A contextual trace (one target a sequence, two meanings of three tokens from two
+    sources, layer 2's top-1 following the meaning) in memory and opened from Zarr in blocks."""
+    ds = random_trace(n_tokens=6000, n_layers=3, n_experts=8, top_k=2, seed=5, seq_len=30)
+    seq, pos = ds["seq"].values, ds["pos"].values
+    is_target = pos == 12
+    token = np.where(is_target, 100 + seq % 3, ds["token_id"].values).astype(np.int32)
+    meaning = np.where(is_target, np.array(["m0", "m1"], dtype=object)[(seq // 3) % 2], "")
+    ids = ds["expert_id"].values.copy()
+    ids[is_target, 2] = np.stack([np.where(meaning[is_target] == "m0", 1, 2), np.full(is_target.sum(), 3)], axis=1)
+    ds = ds.assign(expert_id=(ds["expert_id"].dims, ids)).assign_coords(
+        is_target=("token", is_target), token_id=("token", token), meaning=("token", meaning),
+        token_str=("token", np.array([f" t{t}" for t in token], dtype=object)),
+        target=("token", np.array([f" t{t}" for t in token], dtype=object)),
+        source=("token", np.array([f"{'ab'[(s // 6) % 2]}:doc{s}:line 1 [validation]" for s in seq], dtype=object)),
+        context_tokens=("token", pos), opens_sample=("token", seq % 5 == 0), document_start=("token", seq % 7 == 0))
+    path = tmp_path_factory.mktemp("chunked-contextual") / "t.zarr"
+    ds.to_zarr(path, consolidated=False,
+               encoding={name: {"chunks": (700,) + var.shape[1:]} for name, var in ds.variables.items()
+                         if "token" in var.dims})
+    return ds, open_trace(path, chunks={"token": 700})
+
+
+def _contextual_analyses():
+    from moe_lib.analysis import in_document, information, paths
+    from moe_lib.site import explorer
+    from moe_lib.site import tables as site_tables
+
+    return {
+        "expert_information": lambda ds: information.expert_information(ds, n_perm=20),
+        "expert_information_by_context": lambda ds: information.expert_information_by_context(ds, n_perm=20),
+        "information_by_opening": lambda ds: in_document.information_by_opening(ds, n_perm=20),
+        "context_lengths": in_document.context_lengths,
+        "continuity_of_targets": site_tables.continuity_of_targets,
+        "meaning_flow_of": lambda ds: site_tables.meaning_flow_of(ds, " t100"),
+        "meaning_prediction": paths.meaning_prediction,
+        "meaning_prediction_nested": paths.meaning_prediction_nested,
+        "path_groups_table": lambda ds: site_tables.path_groups_table(ds, targets_only=True, min_tokens=5),
+        "route_cluster_agreement": lambda ds: site_tables.route_cluster_agreement(
+            ds, targets_only=True, n_permutations=10, min_cluster_size=5),
+        "route_counts": explorer.route_counts,
+        "occurrence_table": explorer.occurrence_table,
+    }
+
+
+@pytest.mark.parametrize("name", list(_contextual_analyses()))
+def test_contextual_analyses_chunked_equal_in_memory(contextual_traces, name):
+    """The analyses of the sample probes (alone, in documents) on a Dask-backed trace."""
+    ds, chunked = contextual_traces
+    analysis = _contextual_analyses()[name]
+    expected = analysis(ds)
+    assert len(expected)
+    pd.testing.assert_frame_equal(expected, analysis(chunked), check_dtype=False)
