@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -46,6 +45,7 @@ from moe_lib.interventions.ablation_runs import large_blocks_by_mmap
 from moe_lib.models import standard
 from moe_lib.models.families import family_of, top_k
 from moe_lib.models.tiny import tiny_tokenizer
+from rss import peak_rss_mib
 
 
 def default_shaped(n_layers: int, device: str):
@@ -109,8 +109,7 @@ def main(argv=None) -> int:
         if args.malloc == "mmap" and not large_blocks_by_mmap():
             raise SystemExit("large_blocks_by_mmap: not glibc, nothing to measure")
         run_grid(model, batches, conditions, next_token_score, progress=False)
-        # ru_maxrss is in KiB on Linux
-        print(json.dumps({"peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        print(json.dumps({"peak_rss_gb": peak_rss_mib() / 1024,
                           "n_batches": len(batches), "n_conditions": len(conditions)}))
         return 0
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,7 @@ import transformers
 from moe_lib.core.capture import capture
 from moe_lib.core.traces import collect_trace
 from moe_lib.models.tiny import tiny_tokenizer
+from rss import peak_rss_mib
 
 
 def olmoe_shaped(n_layers: int, device: str):
@@ -97,8 +97,7 @@ def peak_memory_child(n_texts: int, n_layers: int) -> None:
         collect_trace(
             model, tokenizer, sample_texts(n_texts), batch_size=8, store=Path(tmp) / "t.zarr", progress=False
         )
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"n_texts": n_texts, "peak_mib": peak_kib / 1024}))
+    print(json.dumps({"n_texts": n_texts, "peak_mib": peak_rss_mib()}))
 
 
 def peak_memory(n_texts: int, n_layers: int) -> float:

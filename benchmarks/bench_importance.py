@@ -5,10 +5,11 @@ A default-shaped model (4 MoE layers x 16 experts, top-2, hidden 128, random wei
 scores next-token loss on real text: 64 conditions and the baseline. The naive grid runs
 the whole model per condition; the reusing grid
 (:func:`moe_lib.interventions.ablation.run_grid`) computes the layers below each ablated
-layer once per batch. Both run on the same batches, in alternation (medians over
-repetitions); the script checks they agree and prints the measured ratio beside the one
-predicted by counting decoder-layer calls and unembeddings (the LM head and loss, which
-every condition needs in full, weighted by ``--unembed-cost`` decoder layers).
+layer once per batch, and unembeds only the positions a condition changed (in the last
+layer, the tokens routed to the removed expert). Both run on the same batches, in
+alternation (medians over repetitions); the script checks they agree and prints the
+measured ratio beside the one predicted by counting decoder-layer calls and unembeddings
+(the LM head and loss, weighted by ``--unembed-cost`` decoder layers).
 
 Run: python benchmarks/bench_importance.py [--n-texts 8] [--max-length 256] [--repeats 1]
 """
@@ -30,7 +31,7 @@ from moe_lib.core.capture import find_moe_layers
 from moe_lib.interventions.ablation import encode_batches, next_token_score, run_grid, start_layer
 from moe_lib.interventions.importance import single_expert_conditions
 from moe_lib.models import standard
-from moe_lib.models.families import family_of, n_experts
+from moe_lib.models.families import family_of, n_experts, top_k
 from moe_lib.models.tiny import tiny_tokenizer
 
 
@@ -54,12 +55,17 @@ def sample_texts(n_texts: int) -> list[str]:
     return [source[i * 2000:(i + 1) * 2000] for i in range(n_texts)]
 
 
-def predicted_ratio(conditions, moe_layers, n_layers: int, unembed_cost: float) -> float:
-    """Return reusing over naive cost, in decoder-layer calls plus ``unembed_cost`` per unembedding."""
+def predicted_ratio(conditions, moe_layers, n_layers: int, unembed_cost: float, routed_share: float) -> float:
+    """Return reusing over naive cost, in decoder-layer calls plus ``unembed_cost`` per unembedding
+    of every token. A removal in the last decoder layer changes, and unembeds, only the tokens
+    routed to the removed expert: ``routed_share`` (k / E) of them on average over its experts."""
     per_run = n_layers + unembed_cost
     naive = len(conditions) * per_run
-    reuse = per_run + sum(n_layers - start_layer(c, moe_layers) + unembed_cost for c in conditions
-                          if not c.is_baseline)
+    reuse = per_run
+    for condition in conditions:
+        if not condition.is_baseline:
+            start = start_layer(condition, moe_layers)
+            reuse += n_layers - start + unembed_cost * (routed_share if start == n_layers - 1 else 1)
     return reuse / naive
 
 
@@ -97,8 +103,9 @@ def main(argv=None) -> int:
         "reuse_s": round(median[True], 2),
         "naive_s": round(median[False], 2),
         "reuse_over_naive": round(median[True] / median[False], 3),
-        "predicted_reuse_over_naive": round(predicted_ratio(conditions, moe_layers, model.config.num_hidden_layers,
-                                                            args.unembed_cost), 3),
+        "predicted_reuse_over_naive": round(predicted_ratio(
+            conditions, moe_layers, model.config.num_hidden_layers, args.unembed_cost,
+            top_k(model.config) / n_experts(model.config)), 3),
         "goal": 0.5,
         "max_relative_difference": float(np.max(np.abs(reused - naive) / np.abs(naive))),
     }

@@ -3,10 +3,14 @@
     python benchmarks/bench_scale.py sharded --texts 96 --layers 4
     python benchmarks/bench_scale.py out-of-core --tokens 200000 2000000 --chunk 65536
 
-``sharded`` traces the same texts with 1 and then 2 gloo ranks (one thread each, as torchrun
-runs them), each rank timing its own ``collect_trace_sharded``; tokens/s is all tokens over
-the slowest rank's time, and the ratio is 2 ranks over 1. The machine's load average is
-printed beside it: on a busy machine two ranks share the cores with everything else.
+``sharded`` traces the same texts with 1 and then 2 gloo ranks (one torch thread each, as
+torchrun runs them), each rank timing its own ``collect_trace_sharded``; tokens/s is all
+tokens over the slowest rank's time, and the ratio is 2 ranks over 1. It does so twice:
+free, and with rank r pinned to core r. Free, a lone rank's tokenizing and writer threads
+(``moe_lib.core.pipeline``) run on the core it leaves idle, so one process uses more than
+one core (its CPU seconds over wall seconds are printed); pinned, each rank has one core,
+which is what "N processes of one thread" compares. The machine's load average is printed
+beside it: on a busy machine two ranks share the cores with everything else.
 
 ``out-of-core`` writes synthetic stores (default 16 MoE layers, top-8 of 64 experts, chunked
 along token) of each size, then in a fresh process per size opens the store with Dask chunks
@@ -20,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -35,7 +38,8 @@ BENCHMARKS = Path(__file__).resolve().parent
 
 
 # -- sharded tracing ---------------------------------------------------------------------------
-def _rank(rank: int, world_size: int, init_file: str, folder: str, n_texts: int, n_layers: int, out: str):
+def _rank(rank: int, world_size: int, init_file: str, folder: str, n_texts: int, n_layers: int, out: str,
+          pin: bool):
     import torch
     import torch.distributed as dist
     from transformers import AutoTokenizer
@@ -46,18 +50,21 @@ def _rank(rank: int, world_size: int, init_file: str, folder: str, n_texts: int,
     from moe_lib.core.sharded import collect_trace_sharded
 
     torch.set_num_threads(1)
+    if pin:  # this process and every thread it starts from now on, on core ``rank`` alone
+        os.sched_setaffinity(0, {rank % os.cpu_count()})
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
     model = olmoe_shaped(n_layers, "cpu")
     tokenizer = AutoTokenizer.from_pretrained(folder)
     texts = sample_texts(n_texts)
     dist.barrier()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     ds = collect_trace_sharded(model, tokenizer, texts, store=out, batch_size=8, progress=False)
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     times: list = [None] * world_size
-    dist.all_gather_object(times, seconds)
+    dist.all_gather_object(times, (seconds, cpu_seconds))
     if rank == 0:
-        Path(out + ".json").write_text(json.dumps({"tokens": ds.sizes["token"], "seconds": max(times)}))
+        Path(out + ".json").write_text(json.dumps({"tokens": ds.sizes["token"], "seconds": max(t for t, _ in times),
+                                                   "cores_used": [round(c / t, 2) for t, c in times]}))
     dist.destroy_process_group()
 
 
@@ -71,18 +78,20 @@ def sharded(args) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         tiny_tokenizer(sample_texts(64), vocab_size=8192).save_pretrained(tmp + "/tokenizer")
-        results = {}
-        for world_size in (1, 2):
-            out = f"{tmp}/trace-{world_size}.zarr"
-            load_before = os.getloadavg()[0]
-            mp.spawn(_rank, args=(world_size, f"{tmp}/init-{world_size}", tmp + "/tokenizer", args.texts,
-                                  args.layers, out), nprocs=world_size, join=True)
-            result = json.loads(Path(out + ".json").read_text())
-            results[world_size] = result["tokens"] / result["seconds"]
-            print(f"{world_size} process(es): {result['tokens']} tokens in {result['seconds']:.1f} s = "
-                  f"{results[world_size]:,.0f} tokens/s (load average before {load_before:.1f}, "
-                  f"after {os.getloadavg()[0]:.1f}, {os.cpu_count()} cores)")
-        print(f"2 processes over 1: {results[2] / results[1]:.2f}x")
+        for pin in (False, True):
+            results = {}
+            for world_size in (1, 2):
+                out = f"{tmp}/trace-{world_size}-{pin}.zarr"
+                load_before = os.getloadavg()[0]
+                mp.spawn(_rank, args=(world_size, f"{tmp}/init-{world_size}-{pin}", tmp + "/tokenizer", args.texts,
+                                      args.layers, out, pin), nprocs=world_size, join=True)
+                result = json.loads(Path(out + ".json").read_text())
+                results[world_size] = result["tokens"] / result["seconds"]
+                print(f"{'pinned' if pin else 'free'}, {world_size} process(es): {result['tokens']} tokens in "
+                      f"{result['seconds']:.1f} s = {results[world_size]:,.0f} tokens/s, cores used per rank "
+                      f"{result['cores_used']} (load average before {load_before:.1f}, after "
+                      f"{os.getloadavg()[0]:.1f}, {os.cpu_count()} cores)")
+            print(f"{'pinned' if pin else 'free'}: 2 processes over 1: {results[2] / results[1]:.2f}x")
 
 
 # -- analyses out of core ----------------------------------------------------------------------
@@ -123,6 +132,7 @@ def analyse_child(path: str, chunk: int) -> None:
 
     from moe_lib import open_trace
     from moe_lib.analysis import distribution, specialization
+    from rss import peak_rss_mib
 
     dask.config.set(num_workers=os.cpu_count())
     ds = open_trace(path, chunks={"token": chunk})
@@ -134,7 +144,7 @@ def analyse_child(path: str, chunk: int) -> None:
                      specialization.coactivation):
         analysis(ds)
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_rss_mib()
     print(json.dumps({"tokens": ds.sizes["token"], "seconds": seconds, "peak_mib": peak}))
 
 

@@ -9,16 +9,18 @@ import pandas as pd
 import pytest
 import torch
 
-from moe_lib.core.capture import find_moe_layers
+from moe_lib.core.capture import capture, find_moe_layers
 from moe_lib.interventions.ablation import (
     BASELINE,
     Condition,
     bootstrap_summary,
     encode_batches,
     grid_conditions,
+    next_token_score,
     heldout_loss,
     letter_scorer,
     letter_token_ids,
+    run_grid,
     score_multiple_choice,
     start_layer,
     summarize_accuracy,
@@ -59,6 +61,35 @@ def test_reusing_grid_gives_the_naive_numbers(any_family_model, tokenizer):
     # and the grid did change something: top-1 everywhere costs loss
     per_condition = reused.groupby("condition")["nll_sum"].sum()
     assert per_condition["slots 0 | layers all"] != per_condition[BASELINE]
+
+
+@pytest.mark.parametrize("family", ["olmoe", "qwen3_moe"])
+def test_removing_a_last_layer_expert_unembeds_only_the_tokens_routed_to_it(family, tokenizer):
+    """No attention follows the last MoE layer: the other positions keep the baseline's loss."""
+    model = tiny_model(family)
+    last = find_moe_layers(model, family_of(model.config))[-1]
+    assert last == model.config.num_hidden_layers - 1
+    batch, = encode_batches(tokenizer, TEXTS[:3], batch_size=3, max_length=32)
+    with capture(model, router_logits=False) as cap, torch.no_grad():
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    routes = cap.pop().expert_id[:, -1].reshape(*batch["input_ids"].shape, -1)  # (row, pos, slot), last layer
+    expert = int(np.bincount(routes[:, :-1].reshape(-1)).argmax())
+    predicting = np.arange(routes.shape[1] - 1)[None, :] < batch["lengths"][:, None] - 1
+    routed = int(((routes[:, :-1] == expert).any(-1) & predicting).sum())
+    assert 0 < routed < predicting.sum()
+
+    unembedded = []
+    hook = model.get_output_embeddings().register_forward_hook(
+        lambda module, args, output: unembedded.append(args[0].shape[0]))
+    conditions = [Condition(), Condition.removing({last: [expert]})]
+    try:
+        reused = run_grid(model, [batch], conditions, next_token_score, progress=False)
+    finally:
+        hook.remove()
+    naive = run_grid(model, [batch], conditions, next_token_score, reuse=False, progress=False)
+    assert unembedded == [int(predicting.sum()), routed]  # the baseline once, then the routed tokens
+    np.testing.assert_allclose(reused["nll_sum"], naive["nll_sum"], rtol=1e-6)
+    assert not np.allclose(reused["nll_sum"][3:], reused["nll_sum"][:3])  # the removal did change the loss
 
 
 def test_baseline_loss_is_the_models_own(tokenizer):

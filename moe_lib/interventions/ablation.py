@@ -13,11 +13,19 @@ only, by one that returns the kept output without computing anything: the model'
 loop still builds the masks and position embeddings and threads whatever its layers pass
 on (the cross-layer recipe's routing vector too), and only the layers from the start on
 compute. ``reuse=False`` runs the whole model per condition: the check.
+
+Reusing the baseline's scores where nothing changed: a score that takes ``reference`` (as
+:func:`next_token_score` does) is handed the baseline's final hidden states, and scores
+again only the positions whose hidden state a condition changed in some bit; the others
+keep the baseline's value, which is what the naive run computes there. Removing an expert
+of the last MoE layer changes only the positions routed to it (no attention follows), so
+those conditions unembed about k/E of the tokens instead of all.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 
@@ -262,6 +270,23 @@ def _copied(output):
     return output
 
 
+class BaselineOf:
+    """One batch's baseline for a ``score`` that takes ``reference``: its final normed
+    hidden states, and a memo for what the score derives from them (once per batch)."""
+
+    def __init__(self, normed: torch.Tensor):
+        self.normed = normed
+        self.memo: dict = {}
+
+    def changed(self, normed: torch.Tensor) -> torch.Tensor:
+        """Return (row, pos) True where ``normed`` differs from the baseline in any bit (NaN too)."""
+        return (normed != self.normed).any(dim=-1)
+
+
+def _takes_reference(score: Callable) -> bool:
+    return "reference" in inspect.signature(score).parameters
+
+
 def _check_fired(ablation, condition: Condition) -> None:
     silent = ablation.silent_layers()
     if silent:
@@ -293,9 +318,11 @@ def run_grid(
     ----------
     batches : from :func:`encode_batches`.
     score : ``score(model, normed, batch)`` maps the final normed hidden states (row, pos,
-        hidden) of a batch to one row per item.
-    reuse : run the layers below each condition's first ablated layer once per batch (see
-        the module docstring); False runs the whole model per condition. Same numbers.
+        hidden) of a batch to one row per item. A score with a ``reference`` keyword also
+        gets, when reusing, the batch's :class:`BaselineOf`.
+    reuse : run the layers below each condition's first ablated layer once per batch, and
+        let the score reuse the baseline's values where a condition changed nothing (see the
+        module docstring); False runs the whole model per condition. Same numbers.
     seed : random controls use ``seed`` + batch index, so every batch draws afresh and both
         modes draw alike.
     """
@@ -304,6 +331,7 @@ def run_grid(
     used_starts = {s for s in starts.values() if s is not None}
     held = {c: _later_layers(c, moe_layers) for c in conditions if c.hold_later}
     device = next(model.parameters()).device
+    with_reference = reuse and _takes_reference(score)
     frames = []
     bar = tqdm(total=len(batches) * len(conditions), desc="ablation grid", unit="run", disable=not progress)
     for index, batch in enumerate(batches):
@@ -320,6 +348,7 @@ def run_grid(
                         baseline = base_model(model)(**inputs).last_hidden_state
                 finally:
                     kept.remove()
+                reference = BaselineOf(baseline)
             elif held:
                 with recorder:
                     base_model(model)(**inputs)
@@ -338,7 +367,8 @@ def run_grid(
                     with ablate(model, **condition.ablate_kwargs(), seed=seed + index) as ablation, skip, hold:
                         normed = base_model(model)(**inputs).last_hidden_state
                     _check_fired(ablation, condition)
-                rows = score(model, normed, batch)
+                rows = (score(model, normed, batch, reference=reference) if with_reference
+                        else score(model, normed, batch))
                 frames.append(rows.assign(**condition.columns()))
                 bar.update()
     bar.close()
@@ -403,20 +433,47 @@ def letter_scorer(letter_ids: Sequence[int], answers: Sequence[int]):
     return score
 
 
-def next_token_score(model, normed, batch) -> pd.DataFrame:
-    """A ``score`` for :func:`run_grid`: per text, ``nll_sum`` (nats) over ``n_predicted`` tokens."""
+def next_token_score(model, normed, batch, reference: BaselineOf | None = None) -> pd.DataFrame:
+    """A ``score`` for :func:`run_grid`: per text, ``nll_sum`` (nats) over ``n_predicted`` tokens.
+
+    With ``reference``, only the positions whose hidden state differs from the baseline's
+    are unembedded; the others take the baseline's loss (the same input gives the same loss).
+    """
     input_ids = batch["input_ids"].to(normed.device)
-    sums = []
-    for row, length in enumerate(batch["lengths"]):
-        logits = unembed(model, normed[row, : length - 1])
-        sums.append(torch.nn.functional.cross_entropy(logits, input_ids[row, 1:length], reduction="sum"))
+    lengths = torch.as_tensor(batch["lengths"], device=normed.device)
+    predicting = torch.arange(normed.shape[1] - 1, device=normed.device)[None, :] < lengths[:, None] - 1
+    if reference is None:
+        nll = _next_token_losses(model, normed, input_ids, predicting)
+    else:
+        if "nll" not in reference.memo:
+            reference.memo["nll"] = _next_token_losses(model, reference.normed, input_ids, predicting)
+        nll, where = reference.memo["nll"].clone(), predicting & reference.changed(normed)[:, :-1]
+        nll[where] = _cross_entropy(model, normed[:, :-1][where], input_ids[:, 1:][where])
     return pd.DataFrame(
         {
             "item": batch["item"],
-            "nll_sum": torch.stack(sums).detach().cpu().numpy(),
+            "nll_sum": nll.sum(dim=1).detach().cpu().numpy(),
             "n_predicted": batch["lengths"] - 1,
         }
     )
+
+
+def _next_token_losses(model, normed, input_ids, predicting) -> torch.Tensor:
+    """Return (row, pos) the loss of predicting token pos + 1 from position pos, 0 where
+    ``predicting`` is False (padding, a text's last token)."""
+    nll = torch.zeros(predicting.shape, device=normed.device)
+    nll[predicting] = _cross_entropy(model, normed[:, :-1][predicting], input_ids[:, 1:][predicting])
+    return nll
+
+
+def _cross_entropy(model, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Return each (hidden, target) pair's loss in nats, unembedding a block of positions at a
+    time: about 16 M logits, as a whole batch's over a large vocabulary would not fit."""
+    block = max(1, 2**24 // model.get_output_embeddings().weight.shape[0])
+    parts = [torch.nn.functional.cross_entropy(unembed(model, hidden[i:i + block]), targets[i:i + block],
+                                               reduction="none")
+             for i in range(0, hidden.shape[0], block)]
+    return torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.float32)
 
 
 def score_multiple_choice(
