@@ -13,6 +13,7 @@ from plotnine import (
     element_blank,
     element_rect,
     element_text,
+    facet_grid,
     facet_wrap,
     geom_boxplot,
     geom_hline,
@@ -27,6 +28,8 @@ from plotnine import (
     guide_colorbar,
     guide_legend,
     guides,
+    label_both,
+    labeller,
     labs,
     scale_colour_identity,
     scale_colour_manual,
@@ -169,6 +172,12 @@ def scale_x_expert(n_experts: int):
     return scale_x_continuous(breaks=expert_breaks(n_experts), expand=(0, 0.5))
 
 
+def by_model_and_layer() -> facet_grid:
+    """Return panels with a row per model and a column per layer, the columns headed
+    "layer: 0" (a bare "0" above a panel does not say what it counts)."""
+    return facet_grid("model ~ layer", labeller=labeller(cols=label_both))
+
+
 def scale_x_layer(layers):
     """Return an x scale with a break at every MoE layer index present."""
     return scale_x_continuous(breaks=sorted({int(v) for v in layers}))
@@ -253,7 +262,7 @@ def router_entropy_plot(table: pd.DataFrame) -> ggplot:
         + geom_linerange(aes(ymin="q05", ymax="q95"), colour="#9ecae1", size=1)
         + geom_pointrange(aes(y="median", ymin="q25", ymax="q75"), colour="#08519c")
         + geom_hline(aes(yintercept="max_entropy_bits"), linetype="dashed", colour="#636363")
-        + labs(x="MoE layer (index)", y=f"Router entropy (bits, {source})")
+        + labs(x="MoE layer (index)", y=f"Router entropy (bits)\n{source}")
         + scale_x_layer(table["layer"])
         + theme_moe()
     )
@@ -387,8 +396,12 @@ def path_heatmap(windows: pd.DataFrame, value: str = "normalised_entropy") -> gg
         "coverage_top10": "Share of tokens on the top 10 % of paths",
         "coverage_top50": "Share of tokens on the top 50 % of paths",
         "n_paths_seen": "Distinct paths seen (count)",
+        "seen_over_reachable": "Paths seen over paths reachable",
+        "accuracy": "Meaning guessed right (share)",
     }
-    data = windows.assign(text=windows[value].map(lambda v: f"{v:.2g}"),
+    # one format for every tile: 2 decimals for shares, whole numbers for counts
+    shown = "{:.0f}" if value.startswith("n_") else "{:.2f}"
+    data = windows.assign(text=windows[value].map(shown.format),
                           text_colour=text_colour_on(windows[value]))
     return (
         ggplot(data, aes(x="first_layer", y="length", fill=value))

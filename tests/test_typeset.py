@@ -36,6 +36,11 @@ def test_display_frame_formats_every_column_as_its_spec_says(frame):
     assert shown["Token"].tolist() == ["\u201c\u2423bank\u201d", "\u201c,\u201d", ""]
 
 
+def test_a_path_stays_on_one_line():
+    shown = typeset.display_frame(pd.DataFrame({"path": ["4-9-9-15", None]}), {"path": Column("Path", kind="path")})
+    assert shown["Path"].tolist() == ["4\u20119\u20119\u201115", ""]  # non-breaking hyphens: no line break inside
+
+
 def test_intervals_are_value_then_bounds(frame):
     shown = typeset.display_frame(frame, {"loss": Interval("Loss", "lo", "hi", sign=True)})
     assert shown["Loss"].tolist() == ["+4.74 [4.70, 4.78]", "0.00 [\u22120.01, 0.01]", ""]

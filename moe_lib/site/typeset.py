@@ -33,7 +33,8 @@ class Column:
     decimals : digits after the point for numbers (None: 0 for integers, else the table's).
     kind : "auto" (by dtype), "text", "token" (quoted, spaces shown), "tokens" (a sequence
         of them), "numbers" (a sequence of numbers), "percent" (a 0-1 share shown as %),
-        "yes" (a bool shown as "yes" or empty).
+        "yes" (a bool shown as "yes" or empty), "path" (expert ids joined by "-", kept on one
+        line).
     sign : write "+" before positive numbers (differences).
     align : "left" or "right"; None: numbers right (never wrapped), the rest left.
     """
@@ -80,6 +81,8 @@ def format_column(series: pd.Series, spec: Column, decimals: int) -> pd.Series:
         return series.map(lambda values: ", ".join(number(v, digits) for v in values))
     if kind == "yes" or (kind == "auto" and pd.api.types.is_bool_dtype(series)):
         return series.map(lambda v: "yes" if v is True or v == 1 else "")
+    if kind == "path":  # non-breaking hyphens: a route split over lines reads as two
+        return series.map(lambda v: "" if v is None or pd.isna(v) else str(v).replace("-", "\u2011"))
     if kind == "percent":
         digits = 0 if spec.decimals is None else spec.decimals
         return series.map(lambda v: "" if pd.isna(v) else f"{number(100 * float(v), digits)} %")
