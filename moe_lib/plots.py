@@ -458,10 +458,12 @@ def domain_share_heatmap(share: pd.DataFrame, layer: int, label: str = "domain")
     )
 
 
-def tv_distance_plot(table: pd.DataFrame, label: str = "domain") -> ggplot:
-    """Return each label value's TV distance from the pooled routing per layer, with the
-    shuffled-label baseline dashed, from ``domain_tv_distance``."""
-    long = observed_and_chance(table, {"TV distance": ("tv_distance", "tv_shuffled")})
+def tv_distance_plot(table: pd.DataFrame, label: str = "domain", null: str = "tv_shuffled") -> ggplot:
+    """Return each label value's TV distance from the pooled routing per layer, with a null
+    dashed: ``tv_shuffled`` (labels shuffled over all tokens, from ``domain_tv_distance``) or
+    ``tv_within`` (shuffled within each token id, from ``domain_tv_within_token``: what the
+    tokens a label uses give by themselves)."""
+    long = observed_and_chance(table, {"TV distance": ("tv_distance", null)})
     return observed_vs_chance_plot(long, "TV distance from pooled (0-1)", colour=label)
 
 
