@@ -5,11 +5,12 @@
 
 ``sharded`` traces the same texts with 1 and then 2 gloo ranks (one torch thread each, as
 torchrun runs them), each rank timing its own ``collect_trace_sharded``; tokens/s is all
-tokens over the slowest rank's time, and the ratio is 2 ranks over 1. It does so twice:
+tokens over the slowest rank's time, and the ratio is that of the medians over ``--repeats``
+runs of each, alternating (single runs on a shared machine vary by a quarter). It does so twice:
 free, and with rank r pinned to core r. Free, a lone rank's tokenizing and writer threads
-(``moe_lib.core.pipeline``) run on the core it leaves idle, so one process uses more than
-one core (its CPU seconds over wall seconds are printed); pinned, each rank has one core,
-which is what "N processes of one thread" compares. The machine's load average is printed
+(``moe_lib.core.pipeline``) may run on the core it leaves idle (each rank's CPU seconds over
+wall seconds are printed: 1.04 for a lone rank on 2026-12-03); pinned, each rank has one
+core, which is what "N processes of one thread" compares. The machine's load average is printed
 beside it: on a busy machine two ranks share the cores with everything else.
 
 ``out-of-core`` writes synthetic stores (default 16 MoE layers, top-8 of 64 experts, chunked
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -79,19 +81,23 @@ def sharded(args) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tiny_tokenizer(sample_texts(64), vocab_size=8192).save_pretrained(tmp + "/tokenizer")
         for pin in (False, True):
-            results = {}
-            for world_size in (1, 2):
-                out = f"{tmp}/trace-{world_size}-{pin}.zarr"
-                load_before = os.getloadavg()[0]
-                mp.spawn(_rank, args=(world_size, f"{tmp}/init-{world_size}-{pin}", tmp + "/tokenizer", args.texts,
-                                      args.layers, out, pin), nprocs=world_size, join=True)
-                result = json.loads(Path(out + ".json").read_text())
-                results[world_size] = result["tokens"] / result["seconds"]
-                print(f"{'pinned' if pin else 'free'}, {world_size} process(es): {result['tokens']} tokens in "
-                      f"{result['seconds']:.1f} s = {results[world_size]:,.0f} tokens/s, cores used per rank "
-                      f"{result['cores_used']} (load average before {load_before:.1f}, after "
-                      f"{os.getloadavg()[0]:.1f}, {os.cpu_count()} cores)")
-            print(f"{'pinned' if pin else 'free'}: 2 processes over 1: {results[2] / results[1]:.2f}x")
+            mode = "pinned" if pin else "free"
+            results = {1: [], 2: []}
+            for repeat in range(args.repeats):
+                for world_size in (1, 2) if repeat % 2 == 0 else (2, 1):  # alternating: drift hits both
+                    out = f"{tmp}/trace-{world_size}-{pin}-{repeat}.zarr"
+                    load_before = os.getloadavg()[0]
+                    mp.spawn(_rank, args=(world_size, f"{tmp}/init-{world_size}-{pin}-{repeat}", tmp + "/tokenizer",
+                                          args.texts, args.layers, out, pin), nprocs=world_size, join=True)
+                    result = json.loads(Path(out + ".json").read_text())
+                    results[world_size].append(result["tokens"] / result["seconds"])
+                    print(f"{mode}, {world_size} process(es): {result['tokens']} tokens in {result['seconds']:.1f} s = "
+                          f"{results[world_size][-1]:,.0f} tokens/s, cores used per rank {result['cores_used']} "
+                          f"(load average before {load_before:.1f}, after {os.getloadavg()[0]:.1f}, "
+                          f"{os.cpu_count()} cores)")
+            median = {n: statistics.median(values) for n, values in results.items()}
+            print(f"{mode}: 2 processes over 1: {median[2] / median[1]:.2f}x (medians of {args.repeats} runs: "
+                  f"{median[2]:,.0f} over {median[1]:,.0f} tokens/s)")
 
 
 # -- analyses out of core ----------------------------------------------------------------------
@@ -175,6 +181,7 @@ def main() -> None:
     one = commands.add_parser("sharded", help="tokens/s of sharded tracing, 2 processes vs 1")
     one.add_argument("--texts", type=int, default=96, help="texts of about 256 tokens (default 96)")
     one.add_argument("--layers", type=int, default=4, help="decoder layers of the OLMoE-shaped model")
+    one.add_argument("--repeats", type=int, default=3, help="runs of each world size, alternating (medians)")
     two = commands.add_parser("out-of-core", help="peak RSS and tokens/s of chunked analyses")
     two.add_argument("--tokens", type=int, nargs="+", default=[200_000, 2_000_000], help="store sizes")
     two.add_argument("--layers", type=int, default=16)

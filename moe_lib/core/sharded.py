@@ -245,7 +245,8 @@ class ShardWriter:
 
 def _read_fragment(path: Path) -> xr.Dataset:
     """Return a fragment's arrays as written, with no encoding left to clash on rewrite."""
-    ds = xr.open_zarr(path, consolidated=False, mask_and_scale=False).load()
+    # chunks=None: plain arrays, read at once (a Dask graph for a few small reads costs more)
+    ds = xr.open_zarr(path, consolidated=False, mask_and_scale=False, chunks=None).load()
     for var in ds.variables.values():
         for name in ("_FillValue", "coordinates"):
             var.attrs.pop(name, None)
@@ -277,8 +278,9 @@ def _write_seams(plan: ShardPlan, store: Path) -> None:
         _region_write(seam, partial_path(store), chunk * size)
 
 
-def _prepare(store: Path, plan: ShardPlan, probe) -> str | None:
-    """(rank 0) Check a partial write for a resume, or create the store; return an error."""
+def _prepare(store: Path, plan: ShardPlan, template: xr.Dataset) -> str | None:
+    """(rank 0) Check a partial write for a resume, or create the store from ``template`` (a
+    one-text trace: the variables, dtypes and attrs); return an error."""
     partial, ranks = partial_path(store), ranks_path(store)
     if store.exists():
         what = "a trace store" if is_trace_store(store) else "not a trace store"
@@ -302,7 +304,6 @@ def _prepare(store: Path, plan: ShardPlan, probe) -> str | None:
     shutil.rmtree(partial, ignore_errors=True)  # an interrupted start: nothing usable yet
     shutil.rmtree(ranks, ignore_errors=True)
     ranks.mkdir(parents=True)
-    template = probe()
     template.to_zarr(partial, mode="w-", encoding=_aligned_encoding(template, plan.chunk_tokens),
                      consolidated=False)
     n_tokens = plan.token_bounds[-1]
@@ -384,7 +385,10 @@ def collect_trace_sharded(
         ds.attrs = all_attrs
         return ds
 
-    verdict = [_prepare(store, plan, probe) if rank == 0 else None]
+    # Every rank traces the probe text, not rank 0 alone: it is each model's first forward
+    # (slow: lazy set-up), so the other ranks warm up instead of waiting for rank 0's.
+    template = probe()
+    verdict = [_prepare(store, plan, template) if rank == 0 else None]
     dist.broadcast_object_list(verdict, src=0, group=group)
     if verdict[0] is not None:
         raise TraceStoreError(verdict[0])
