@@ -148,6 +148,20 @@ def measure(url: str, screenshot: Path) -> list[dict]:
         shutil.rmtree(profile, ignore_errors=True)
 
 
+def layout_problems(found: list[dict]) -> list[str]:
+    """Return, from :func:`measure`'s list, every table wider than its column and every figure
+    not shown at its own pixel width (scaled down, its text shrinks below what it was drawn at)."""
+    problems = []
+    for item in found:
+        if item["kind"] == "table" and item["right"] > item["column_right"] + 0.5:
+            problems.append(f"{item['label']}: table {item['width']:.0f} px wide in a "
+                            f"{item['column_width']:.0f} px column")
+        if item["kind"] == "figure" and item["shown_width"] != item["natural_width"]:
+            problems.append(f"{item['label']}: a {item['natural_width']} px figure shown at "
+                            f"{item['shown_width']:.0f} px")
+    return problems
+
+
 def screenshot_size(path: Path) -> tuple[int, int]:
     """Return a PNG's (width, height) from its header."""
     raw = Path(path).read_bytes()[:24]

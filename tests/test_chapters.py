@@ -10,6 +10,7 @@ import builtins
 import os
 from pathlib import Path
 
+import browser_pages
 import chapter_runner as runner
 import page_checks
 import pytest
@@ -174,11 +175,18 @@ def committed_cache(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.skipif(not committed_store_files(), reason="no committed stores under data-cache/ yet")
 @pytest.mark.parametrize("page", PAGES, ids=IDS)
-def test_chapter_runs_on_the_committed_caches(page, committed_cache):
+def test_chapter_runs_on_the_committed_caches(page, committed_cache, tmp_path):
     before = set(os.listdir(committed_cache))
-    _check_run(page, runner.execute(page))
+    executed = runner.execute(page)
+    _check_run(page, executed)
     # as in a fresh clone, nothing is computed: every store the chapter read was committed
     assert set(os.listdir(committed_cache)) == before
+    # what a reader gets: the real tables and figures fit the page in Chromium (when installed)
+    if browser_pages.browser_missing() is None:
+        (tmp_path / "index.html").write_text(browser_pages.page_html(executed.notebook, page.stem), encoding="utf-8")
+        with browser_pages.serve(tmp_path) as url:
+            found = browser_pages.measure(f"{url}/index.html", tmp_path / "page.png")
+        assert not browser_pages.layout_problems(found)
 
 
 @pytest.mark.slow
